@@ -1,0 +1,164 @@
+/*
+ * pg_llm_kernels.h -- the C ABI of the Cython kernels (pyx/_kernels.pyx).
+ *
+ * Included by the PostgreSQL shims (which never include Python.h) and by the
+ * Cython module itself (`cdef extern from "pg_llm_kernels.h"`), so gcc checks
+ * that every `cdef public` definition matches its prototype here.
+ *
+ * Conventions
+ *   - tensors are float32, row-major, contiguous unless a leading dimension
+ *     (ld*) is given; sizes are int64_t;
+ *   - every long kernel takes `const int *cancel` (PostgreSQL's
+ *     InterruptPending, or NULL), polls it once per tile and returns
+ *     PGLLM_INTERRUPTED with its output incomplete.  Such kernels are
+ *     restartable: they write their outputs, never accumulate into them
+ *     (documented exceptions say "accumulates");
+ *   - kernels never allocate PostgreSQL memory, never raise, never block
+ *     signals; scratch memory they need is malloc'ed and freed inside.
+ */
+#ifndef PG_LLM_KERNELS_H
+#define PG_LLM_KERNELS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* Status codes returned by kernels */
+#define PGLLM_OK            0
+#define PGLLM_INTERRUPTED   1   /* *cancel was set: output incomplete */
+#define PGLLM_ENOMEM        2   /* scratch allocation failed */
+#define PGLLM_EINVAL        3   /* input the shim should have rejected */
+#define PGLLM_EFORMAT       4   /* a parser found malformed bytes */
+
+/* Read a flag that a signal handler may set (InterruptPending is a volatile
+ * sig_atomic_t); a macro so that Cython needn't know about `volatile`. */
+#define PGLLM_CANCELLED(p) ((p) != 0 && *(const volatile int *) (p) != 0)
+
+/*
+ * Code-generation targets.  The default build is x86-64-v3 (AVX2 + FMA);
+ * the few kernels whose speed depends on register blocking have an AVX-512
+ * twin compiled for x86-64-v4 through this attribute and chosen at run time
+ * (pgllm_cpu_has_avx512).  gcc merges an attribute on a prototype into the
+ * later definition, which is how a Cython `cdef public` function gets it.
+ */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define PGLLM_TARGET_AVX512 \
+	__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+#else
+#define PGLLM_TARGET_AVX512
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- run-time CPU dispatch and threads ---- */
+int		pgllm_cpu_has_avx512(void);
+/* Force the portable path (1) or the default choice (0); for tests/benchmarks */
+void	pgllm_set_force_portable(int force);
+int		pgllm_omp_team_size(void);
+
+/* ---- GEMM: C(M,N) [+]= op(A)(M,K) @ op(B)(K,N) [+ bias(N)] ----
+ * op(A) = A (stored M x K, row stride lda) or A^T (A stored K x M) when transA;
+ * op(B) = B (stored K x N, row stride ldb) or B^T (B stored N x K) when transB.
+ * accumulate=0 overwrites C (restartable); accumulate=1 adds to C. */
+int		pgllm_gemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
+				   const float *A, int64_t lda, const float *B, int64_t ldb,
+				   float *C, int64_t ldc, const float *bias, int accumulate,
+				   const int *cancel);
+/* the same product with the plain triple loop (reference, tests) */
+int		pgllm_gemm_reference(int transA, int transB, int64_t M, int64_t N, int64_t K,
+							 const float *A, int64_t lda, const float *B, int64_t ldb,
+							 float *C, int64_t ldc, const float *bias, int accumulate,
+							 const int *cancel);
+
+/* micro-kernels: MR x NR tile from packed panels; the AVX-512 one is a twin */
+PGLLM_TARGET_AVX512
+void	pgllm_micro_avx512(int64_t kc, const float *Ap, const float *Bp,
+						   float *C, int64_t ldc, const float *bias, int overwrite);
+void	pgllm_micro_avx2(int64_t kc, const float *Ap, const float *Bp,
+						 float *C, int64_t ldc, const float *bias, int overwrite);
+
+/* ---- elementwise and row-wise ops ---- */
+int		pgllm_add(const float *a, const float *b, float *out, int64_t n);
+int		pgllm_scale_add(float *y, const float *x, float alpha, int64_t n);
+int		pgllm_gelu_forward(const float *x, float *y, int64_t n, const int *cancel);
+int		pgllm_gelu_backward(const float *x, const float *dy, float *dx, int64_t n,
+							const int *cancel);
+int		pgllm_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols,
+							  const int *cancel);
+int		pgllm_softmax_backward(const float *y, const float *dy, float *dx,
+							   int64_t rows, int64_t cols, const int *cancel);
+/* mean/rstd (rows each) are optional outputs (NULL: not kept) */
+int		pgllm_layernorm_forward(const float *x, const float *gamma, const float *beta,
+								float *y, float *mean, float *rstd,
+								int64_t rows, int64_t cols, float eps, const int *cancel);
+/* mean/rstd from the forward, or NULL to recompute them with eps;
+ * dx, dgamma, dbeta are written */
+int		pgllm_layernorm_backward(const float *x, const float *dy, const float *gamma,
+								 const float *mean, const float *rstd, float eps,
+								 float *dx, float *dgamma, float *dbeta,
+								 int64_t rows, int64_t cols, const int *cancel);
+/* column sums of X(rows, cols) into out(cols), written */
+int		pgllm_colsum(const float *X, float *out, int64_t rows, int64_t cols,
+					 const int *cancel);
+/* per-row losses; targets must lie in [0, V) (checked by the caller) */
+int		pgllm_cross_entropy_forward(const float *logits, const int32_t *targets,
+									float *losses, int64_t rows, int64_t V,
+									const int *cancel);
+/* dlogits = scale * (softmax(logits) - onehot(target)) */
+int		pgllm_cross_entropy_backward(const float *logits, const int32_t *targets,
+									 float *dlogits, int64_t rows, int64_t V, float scale,
+									 const int *cancel);
+int		pgllm_dropout_forward(const float *x, float *y, int64_t n, float p,
+							  uint64_t seed, const int *cancel);
+int		pgllm_dropout_backward_seeded(const float *dy, float *dx, int64_t n, float p,
+									  uint64_t seed, const int *cancel);
+int		pgllm_dropout_backward_masked(const float *x, const float *y, const float *dy,
+									  float *dx, int64_t n, float p, const int *cancel);
+int		pgllm_transpose(const float *x, float *y, int64_t rows, int64_t cols,
+						const int *cancel);
+int		pgllm_fill(float *x, int64_t n, float value);
+/* AdamW in place (bias-corrected, decoupled weight decay); step >= 1 */
+int		pgllm_adamw_step(float *w, const float *g, float *m, float *v, int64_t n,
+						 float lr, float beta1, float beta2, float eps,
+						 float weight_decay, int64_t step, float grad_scale);
+double	pgllm_sum_squares(const float *x, int64_t n);
+double	pgllm_mean(const float *x, int64_t n);
+/* out = g * min(1, max_norm / (||g|| + 1e-6)) (torch's clip_grad_norm_); returns ||g|| */
+double	pgllm_clip_by_norm(const float *g, float *out, int64_t n, float max_norm);
+int		pgllm_scale(float *x, int64_t n, float alpha);
+/* 1 if every element is finite */
+int		pgllm_all_finite(const float *x, int64_t n);
+double	pgllm_lr_schedule(int64_t step, int64_t warmup, int64_t total,
+						  double lr_max, double lr_min);
+
+/* ---- causal multi-head self-attention ----
+ * Core (no projections), batched as in GPT-2:
+ *   qkv(B,T,3C) -> att(B,NH,T,T) softmax probabilities (0 above the
+ *   diagonal), out(B,T,C).  Backward writes dqkv(B,T,3C). */
+int		pgllm_attention_core_forward(const float *qkv, float *att, float *out,
+									 int64_t B, int64_t T, int64_t C, int64_t NH,
+									 const int *cancel);
+int		pgllm_attention_core_backward(const float *qkv, const float *att,
+									  const float *dout, float *dqkv,
+									  int64_t B, int64_t T, int64_t C, int64_t NH,
+									  const int *cancel);
+/* One sequence with fused QKV and output projections:
+ * x(T,D), w_qkv(D,3D), b_qkv(3D), w_o(D,D), b_o(D) -> y(T,D); qkv(T,3D),
+ * att(H,T,T), ctx(T,D) are kept for the backward. */
+int		pgllm_attention_forward(const float *x, const float *w_qkv, const float *b_qkv,
+								const float *w_o, const float *b_o,
+								float *qkv, float *att, float *ctx, float *y,
+								int64_t T, int64_t D, int64_t n_head, const int *cancel);
+/* gradients are written; scratch dctx(T,D) and dqkv(T,3D) */
+int		pgllm_attention_backward(const float *x, const float *w_qkv, const float *w_o,
+								 const float *qkv, const float *att, const float *ctx,
+								 const float *dy, float *dctx, float *dqkv,
+								 float *dx, float *dw_qkv, float *db_qkv,
+								 float *dw_o, float *db_o,
+								 int64_t T, int64_t D, int64_t n_head, const int *cancel);
+
+#ifdef __cplusplus
+}
+#endif
+#endif							/* PG_LLM_KERNELS_H */

@@ -1,0 +1,268 @@
+/*
+ * pg_llm.c -- module entry: settings, the OpenMP pool, helpers shared by the
+ * fmgr wrappers (argument checks with SQLSTATEs, tensor allocation).
+ */
+#include "pg_llm.h"
+
+#include <signal.h>
+#include <pthread.h>
+#include <omp.h>
+
+#include "catalog/pg_type.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+int			pgllm_num_threads = 0;
+char	   *pgllm_default_model = NULL;
+int			pgllm_model_cache_mb = 2048;
+int			pgllm_max_memory_mb = 8192;
+
+const int  *pgllm_cancel = NULL;
+
+/* largest team spawned so far with signals blocked */
+static int	pool_threads_started = 0;
+
+void
+_PG_init(void)
+{
+	/*
+	 * Only settings here: this may run in the postmaster (preloaded), where
+	 * an OpenMP region would leave a thread pool that every forked backend
+	 * inherits without its threads, and deadlocks.
+	 */
+	DefineCustomIntVariable("pg_llm.num_threads",
+							"OpenMP threads used by this session's kernels.",
+							"0 uses every CPU the server may run on.",
+							&pgllm_num_threads, 0, 0, 1024,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("pg_llm.default_model",
+							   "Model used when a function is given none.",
+							   NULL, &pgllm_default_model, "gpt2-small",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg_llm.model_cache_mb",
+							"Per-backend bound of the cache of model parameters.",
+							NULL, &pgllm_model_cache_mb, 2048, 0, INT_MAX / 2,
+							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg_llm.max_memory_mb",
+							"Largest working memory one pg_llm call may use (activations, KV cache, scratch).",
+							NULL, &pgllm_max_memory_mb, 8192, 1, INT_MAX / 2,
+							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("pg_llm");
+#else
+	EmitWarningsOnPlaceholders("pg_llm");
+#endif
+}
+
+/* ---------------------------------------------------------------------------
+ * threads
+ * ------------------------------------------------------------------------- */
+void
+pgllm_threads_prepare(void)
+{
+	int			want = pgllm_num_threads > 0 ? pgllm_num_threads : omp_get_num_procs();
+
+	omp_set_num_threads(want);
+	if (want > pool_threads_started)
+	{
+		sigset_t	all,
+					old;
+
+		/*
+		 * libgomp keeps its pool and new threads inherit the creating
+		 * thread's signal mask: spawning the team once under a full mask is
+		 * enough (again whenever the team grows).
+		 */
+		sigfillset(&all);
+		pthread_sigmask(SIG_BLOCK, &all, &old);
+		(void) pgllm_omp_team_size();
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		pool_threads_started = want;
+	}
+}
+
+void
+pgllm_kernel_status(int status, const char *what)
+{
+	switch (status)
+	{
+		case PGLLM_OK:
+			return;
+		case PGLLM_ENOMEM:
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("pg_llm: out of memory for kernel scratch space")));
+			break;
+		case PGLLM_INTERRUPTED:
+			/* interrupts can't be serviced here (held off): rerun gave up */
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("pg_llm: kernel interrupted")));
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("pg_llm: kernel failed with status %d", status),
+					 errdetail("%s", what)));
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * tensors
+ * ------------------------------------------------------------------------- */
+int64
+pgllm_tensor_len(bytea *b, const char *argname)
+{
+	Size		len = VARSIZE_ANY_EXHDR(b);
+
+	if (len % sizeof(float) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("%s is not a float32 tensor: its length %zu is not a multiple of 4",
+						argname, len)));
+	return (int64) (len / sizeof(float));
+}
+
+const float *
+pgllm_tensor_data(bytea *b, int64 expect, const char *argname, const char *shape)
+{
+	int64		n = pgllm_tensor_len(b, argname);
+
+	if (n != expect)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("%s holds %lld float32 values, but its shape %s needs %lld",
+						argname, (long long) n, shape, (long long) expect)));
+	return (const float *) VARDATA_ANY(b);
+}
+
+int64
+pgllm_shape_size(const char *what, int ndims, const int32 *dims, const char *const *names)
+{
+	int64		n = 1;
+	int			i;
+
+	for (i = 0; i < ndims; i++)
+	{
+		if (dims[i] <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s: dimension %s must be positive, got %d",
+							what, names[i], dims[i])));
+		/* dims are < 2^31, so n * dims[i] can't overflow while n <= limit */
+		n *= dims[i];
+		if (n > PGLLM_MAX_TENSOR_ELEMS)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("%s: tensor of shape too large", what),
+					 errdetail("A float32 tensor in a bytea holds at most %lld values.",
+							   (long long) PGLLM_MAX_TENSOR_ELEMS)));
+	}
+	return n;
+}
+
+bytea *
+pgllm_new_tensor(int64 n, float **data)
+{
+	bytea	   *out;
+
+	if (n < 0 || n > PGLLM_MAX_TENSOR_ELEMS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("pg_llm: result tensor of %lld values exceeds the bytea limit",
+						(long long) n)));
+	if ((int64) (n * sizeof(float) / (1024 * 1024)) > pgllm_max_memory_mb)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("pg_llm: result tensor of %lld MB exceeds pg_llm.max_memory_mb (%d MB)",
+						(long long) (n * sizeof(float) / (1024 * 1024)), pgllm_max_memory_mb)));
+	out = (bytea *) palloc(VARHDRSZ + n * sizeof(float));
+	SET_VARSIZE(out, VARHDRSZ + n * sizeof(float));
+	*data = (float *) VARDATA(out);
+	return out;
+}
+
+void
+pgllm_require_finite(const float *x, int64 n, const char *argname)
+{
+	if (n > 0 && !pgllm_all_finite(x, n))
+		ereport(ERROR,
+				(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
+				 errmsg("%s contains NaN or Infinity", argname),
+				 errhint("pg_llm's arithmetic ops reject non-finite inputs rather than return NaN.")));
+}
+
+float *
+pgllm_alloc_floats(int64 n, const char *what)
+{
+	Size		bytes;
+
+	if (n < 0 || n > (int64) (SIZE_MAX / sizeof(float) / 2))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("pg_llm: %s: size overflow", what)));
+	bytes = (Size) n * sizeof(float);
+	if (bytes / (1024 * 1024) > (Size) pgllm_max_memory_mb)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("pg_llm: %s needs %zu MB, more than pg_llm.max_memory_mb (%d MB)",
+						what, bytes / (1024 * 1024), pgllm_max_memory_mb)));
+	return (float *) MemoryContextAllocHuge(CurrentMemoryContext, bytes > 0 ? bytes : 1);
+}
+
+static void
+pgllm_array_check(ArrayType *arr, const char *argname)
+{
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", argname)));
+	if (array_contains_nulls(arr))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not contain NULL elements", argname)));
+}
+
+float *
+pgllm_float4_array(ArrayType *arr, int64 *n, const char *argname)
+{
+	pgllm_array_check(arr, argname);
+	if (ARR_ELEMTYPE(arr) != FLOAT4OID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("%s must be a float4[] array", argname)));
+	*n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+	return (float *) ARR_DATA_PTR(arr);
+}
+
+int32 *
+pgllm_int4_array(ArrayType *arr, int64 *n, const char *argname)
+{
+	pgllm_array_check(arr, argname);
+	if (ARR_ELEMTYPE(arr) != INT4OID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("%s must be an int4[] array", argname)));
+	*n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+	return (int32 *) ARR_DATA_PTR(arr);
+}
+
+/* pg_llm_info() -> text: build and run-time facts, for bug reports */
+PG_FUNCTION_INFO_V1(pg_llm_info);
+Datum
+pg_llm_info(PG_FUNCTION_ARGS)
+{
+	int			team;
+
+	pgllm_threads_prepare();
+	team = pgllm_omp_team_size();
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("pg_llm %s; threads %d; simd %s",
+											  PG_LLM_VERSION, team,
+											  pgllm_cpu_has_avx512() ? "avx512" : "avx2")));
+}
