@@ -51,7 +51,7 @@ $(KERNEL_C): $(KERNEL_DEPS)
 $(KERNEL_OBJ): override CPPFLAGS += -I$(PY_INC)
 $(KERNEL_OBJ): override CFLAGS += $(KERNEL_CFLAGS) -Wno-unused-function -Wno-missing-prototypes \
 	-Wno-declaration-after-statement -Wno-shadow=compatible-local -Wno-cast-function-type \
-	-Wno-unused-but-set-variable -Wno-maybe-uninitialized -Wno-uninitialized
+	-Wno-unused-but-set-variable -Wno-maybe-uninitialized -Wno-uninitialized -Wno-missing-format-attribute
 
 $(SHIM_OBJS): pyx/shim/pg_llm.h pyx/pg_llm_kernels.h
 

@@ -71,11 +71,14 @@ int		pgllm_gemm_reference(int transA, int transB, int64_t M, int64_t N, int64_t 
 							 float *C, int64_t ldc, const float *bias, int accumulate,
 							 const int *cancel);
 
-/* micro-kernels: MR x NR tile from packed panels; the AVX-512 one is a twin */
+/* micro-kernels: MR x NR tile [+]= L panel (element (r, p) at L[r*l_rs + p*l_cs])
+ * @ R panel (rows r_rs apart); the AVX-512 one is a twin chosen at run time */
 PGLLM_TARGET_AVX512
-void	pgllm_micro_avx512(int64_t kc, const float *Ap, const float *Bp,
+void	pgllm_micro_avx512(int64_t kc, const float *L, int64_t l_rs, int64_t l_cs,
+						   const float *R, int64_t r_rs, const float *prefetch,
 						   float *C, int64_t ldc, const float *bias, int overwrite);
-void	pgllm_micro_avx2(int64_t kc, const float *Ap, const float *Bp,
+void	pgllm_micro_avx2(int64_t kc, const float *L, int64_t l_rs, int64_t l_cs,
+						 const float *R, int64_t r_rs, const float *prefetch,
 						 float *C, int64_t ldc, const float *bias, int overwrite);
 
 /* ---- elementwise and row-wise ops ---- */

@@ -102,6 +102,29 @@ dims_str(int32 a, int32 b)
  * matmul
  * ------------------------------------------------------------------------- */
 
+/*
+ * A non-finite value in an operand of a product reaches every output it
+ * touches (x * Inf is Inf or NaN), so checking the output is enough to catch
+ * one, at O(output) instead of O(operands) -- for one row times the
+ * embedding matrix, reading the 154 MB operand a second time would double the
+ * call.  The operands are scanned only when the output shows a problem, to
+ * name the culprit; finite operands with a non-finite product overflowed.
+ */
+static void
+product_finite(const float *out, int64 nout, int nargs, const float *const *args,
+			   const int64 *lens, const char *const *names, const char *fn)
+{
+	int			i;
+
+	if (nout == 0 || pgllm_all_finite(out, nout))
+		return;
+	for (i = 0; i < nargs; i++)
+		pgllm_require_finite(args[i], lens[i], names[i]);
+	ereport(ERROR,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("%s: the result overflows float32", fn)));
+}
+
 /* pg_llm_matmul(a, b, m, k, n) -> (m, k) @ (k, n) */
 PG_FUNCTION_INFO_V1(pg_llm_matmul);
 Datum
@@ -113,12 +136,14 @@ pg_llm_matmul(PG_FUNCTION_ARGS)
 	int64		mk = shape2("pg_llm_matmul", m, "m", k, "k");
 	int64		kn = shape2("pg_llm_matmul", k, "k", n, "n");
 	int64		mn = shape2("pg_llm_matmul", m, "m", n, "n");
-	const float *A = arith_arg(PG_GETARG_BYTEA_P(0), mk, "a", dims_str(m, k));
-	const float *B = arith_arg(PG_GETARG_BYTEA_P(1), kn, "b", dims_str(k, n));
+	const float *A = pgllm_tensor_data(PG_GETARG_BYTEA_P(0), mk, "a", dims_str(m, k));
+	const float *B = pgllm_tensor_data(PG_GETARG_BYTEA_P(1), kn, "b", dims_str(k, n));
 	float	   *C;
 	bytea	   *out = pgllm_new_tensor(mn, &C);
 
 	PGLLM_KERNEL(pgllm_gemm(0, 0, m, n, k, A, k, B, n, C, n, NULL, 0, pgllm_cancel));
+	product_finite(C, mn, 2, (const float *const[]) {A, B}, (const int64[]) {mk, kn},
+				   (const char *const[]) {"a", "b"}, "pg_llm_matmul");
 	PG_RETURN_BYTEA_P(out);
 }
 
@@ -133,9 +158,9 @@ pg_llm_matmul_backward(PG_FUNCTION_ARGS)
 	int64		mk = shape2("pg_llm_matmul_backward", m, "m", k, "k");
 	int64		kn = shape2("pg_llm_matmul_backward", k, "k", n, "n");
 	int64		mn = shape2("pg_llm_matmul_backward", m, "m", n, "n");
-	const float *A = arith_arg(PG_GETARG_BYTEA_P(0), mk, "a", dims_str(m, k));
-	const float *B = arith_arg(PG_GETARG_BYTEA_P(1), kn, "b", dims_str(k, n));
-	const float *dY = arith_arg(PG_GETARG_BYTEA_P(2), mn, "dy", dims_str(m, n));
+	const float *A = pgllm_tensor_data(PG_GETARG_BYTEA_P(0), mk, "a", dims_str(m, k));
+	const float *B = pgllm_tensor_data(PG_GETARG_BYTEA_P(1), kn, "b", dims_str(k, n));
+	const float *dY = pgllm_tensor_data(PG_GETARG_BYTEA_P(2), mn, "dy", dims_str(m, n));
 	float	   *dA,
 			   *dB;
 	bytea	   *res[2];
@@ -144,6 +169,11 @@ pg_llm_matmul_backward(PG_FUNCTION_ARGS)
 	res[1] = pgllm_new_tensor(kn, &dB);
 	PGLLM_KERNEL(pgllm_gemm(0, 1, m, k, n, dY, n, B, n, dA, k, NULL, 0, pgllm_cancel));
 	PGLLM_KERNEL(pgllm_gemm(1, 0, k, n, m, A, k, dY, n, dB, n, NULL, 0, pgllm_cancel));
+	/* da involves dy and b, db involves a and dy */
+	product_finite(dA, mk, 2, (const float *const[]) {dY, B}, (const int64[]) {mn, kn},
+				   (const char *const[]) {"dy", "b"}, "pg_llm_matmul_backward");
+	product_finite(dB, kn, 2, (const float *const[]) {A, dY}, (const int64[]) {mk, mn},
+				   (const char *const[]) {"a", "dy"}, "pg_llm_matmul_backward");
 	return return_tensors(fcinfo, 2, res);
 }
 

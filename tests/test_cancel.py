@@ -1,0 +1,118 @@
+"""Cancellation: pg_cancel_backend and statement_timeout stop a long kernel
+within 1 second, a harmless interrupt (a memory-context dump request) makes
+the kernel restart and still return the right answer, and the session stays
+usable afterwards."""
+import hashlib
+import threading
+import time
+
+import numpy as np
+import psycopg
+import pytest
+
+M, K, N = 4096, 4096, 12288      # ~412 GFLOP: several seconds on one thread
+
+LONG_MATMUL = (f"select length(pg_llm_matmul(decode(repeat('00', {4 * M * K}), 'hex'), "
+               f"decode(repeat('00', {4 * K * N}), 'hex'), {M}, {K}, {N}))")
+
+
+class Runner(threading.Thread):
+    """Runs one statement in its own session and records how it ended."""
+
+    def __init__(self, dsn, sql, setup=()):
+        super().__init__(daemon=True)
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.pid = self.conn.execute("select pg_backend_pid()").fetchone()[0]
+        for s in setup:
+            self.conn.execute(s)
+        self.sql = sql
+        self.error = None
+        self.result = None
+        self.ended = None
+
+    def run(self):
+        try:
+            self.result = self.conn.execute(self.sql).fetchone()
+        except psycopg.Error as e:
+            self.error = e
+        self.ended = time.perf_counter()
+
+
+def wait_in_kernel(conn, pid, settle=1.5):
+    """Wait until `pid` runs its statement, then long enough to be inside the kernel."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        st = conn.execute("select state from pg_stat_activity where pid = %s", (pid,)).fetchone()
+        if st and st[0] == "active":
+            time.sleep(settle)
+            return
+        time.sleep(0.02)
+    raise AssertionError("statement never started")
+
+
+def assert_usable(c):
+    assert c.execute("select 1").fetchone()[0] == 1
+    out = c.execute("select pg_llm_tensor_array(pg_llm_matmul(%s, %s, 1, 2, 1))",
+                    (np.array([1, 2], np.float32).tobytes(),
+                     np.array([3, 4], np.float32).tobytes())).fetchone()[0]
+    assert out == [11.0]
+
+
+def test_pg_cancel_backend_stops_kernel(conn, pg_dsn):
+    r = Runner(pg_dsn, LONG_MATMUL, ["set pg_llm.num_threads = 1"])
+    r.start()
+    wait_in_kernel(conn, r.pid)
+    t0 = time.perf_counter()
+    assert conn.execute("select pg_cancel_backend(%s)", (r.pid,)).fetchone()[0]
+    r.join(30)
+    assert isinstance(r.error, psycopg.errors.QueryCanceled), r.error or r.result
+    latency = r.ended - t0
+    assert latency < 1.0, f"cancel took {latency:.3f} s"
+    assert_usable(r.conn)
+    r.conn.close()
+
+
+def test_client_cancel_with_two_threads(conn, pg_dsn):
+    r = Runner(pg_dsn, LONG_MATMUL, ["set pg_llm.num_threads = 2"])
+    r.start()
+    wait_in_kernel(conn, r.pid, settle=1.0)
+    t0 = time.perf_counter()
+    r.conn.cancel_safe()             # what psql's Ctrl-C sends
+    r.join(30)
+    assert isinstance(r.error, psycopg.errors.QueryCanceled), r.error or r.result
+    assert r.ended - t0 < 1.0
+    assert_usable(r.conn)
+    r.conn.close()
+
+
+def test_statement_timeout(pg_dsn):
+    c = psycopg.connect(pg_dsn, autocommit=True)
+    c.execute("set pg_llm.num_threads = 1")
+    c.execute("set statement_timeout = '1500ms'")
+    t0 = time.perf_counter()
+    with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+        c.execute(LONG_MATMUL)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.5 + 1.0, f"timeout fired after {elapsed:.3f} s"
+    c.execute("reset statement_timeout")
+    assert_usable(c)
+    c.close()
+
+
+def test_harmless_interrupt_restarts_kernel(conn, pg_dsn, cluster, server_version_num):
+    """A memory-context dump request sets InterruptPending without cancelling:
+    the kernel stops, the request is served, and the kernel runs again."""
+    m, k, n = 4096, 4096, 8192        # ~275 GFLOP on one thread: seconds
+    ones = "pg_llm_ones_like(decode(repeat('00', {}), 'hex'))"
+    sql = (f"select md5(pg_llm_matmul({ones.format(4 * m * k)}, {ones.format(4 * k * n)}, "
+           f"{m}, {k}, {n}))")
+    expected = hashlib.md5(np.full(m * n, k, np.float32).tobytes()).hexdigest()
+    r = Runner(pg_dsn, sql, ["set pg_llm.num_threads = 1"])
+    r.start()
+    wait_in_kernel(conn, r.pid, settle=1.2)
+    assert conn.execute("select pg_log_backend_memory_contexts(%s)", (r.pid,)).fetchone()[0]
+    r.join(60)
+    assert r.error is None, r.error
+    assert r.result[0] == expected
+    assert f"logging memory contexts of PID {r.pid}" in cluster.server_log()
+    r.conn.close()

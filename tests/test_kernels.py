@@ -1,0 +1,101 @@
+"""Kernel properties seen from Python: the AVX2 path equals the AVX-512 one,
+results do not depend on the thread count, GEMM's transposes, accumulation
+and bias, and the accuracy of the vectorised exp."""
+import numpy as np
+import pytest
+
+from pg_llm_cy import kernels as K
+
+SHAPES = [(1, 1, 1), (3, 7, 5), (4, 300, 129), (5, 64, 33), (8, 32, 256), (17, 100, 300),
+          (64, 768, 2304), (130, 257, 95), (385, 70, 51)]
+
+
+@pytest.fixture
+def portable():
+    K.set_force_portable(True)
+    yield
+    K.set_force_portable(False)
+
+
+def gemm_check(m, k, n, ta, tb, accumulate, bias, seed=0):
+    rng = np.random.default_rng(seed + m + k + n)
+    a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
+    c0 = rng.standard_normal((m, n), dtype=np.float32)
+    bv = rng.standard_normal(n, dtype=np.float32) if bias else None
+    c = c0.copy()
+    K.gemm(a, b, c, ta, tb, bv, accumulate)
+    expect = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    if bias:
+        expect += bv
+    if accumulate:
+        expect += c0
+    np.testing.assert_allclose(c, expect, rtol=1e-4, atol=2e-4 * np.sqrt(k))
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_gemm_variants(m, k, n, ta, tb):
+    gemm_check(m, k, n, ta, tb, accumulate=(m + n) % 2 == 0, bias=(k % 2 == 1))
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("ta,tb", [(0, 0), (1, 1)])
+def test_gemm_avx2_path(portable, m, k, n, ta, tb):
+    gemm_check(m, k, n, ta, tb, accumulate=m % 2 == 1, bias=True)
+
+
+def test_gemm_reference_kernel():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((9, 13), dtype=np.float32)
+    b = rng.standard_normal((13, 6), dtype=np.float32)
+    c = np.empty((9, 6), np.float32)
+    K.gemm(a, b, c, reference=True)
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+
+
+def run_with_threads(n, fn):
+    old = K.get_max_threads()
+    K.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        K.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name", ["gemm", "softmax", "layernorm_backward", "attention_backward",
+                                  "cross_entropy_backward", "sum_squares"])
+def test_results_do_not_depend_on_thread_count(name):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((96, 768), dtype=np.float32)
+    w = rng.standard_normal((768, 2304), dtype=np.float32)
+    g = rng.standard_normal(768, dtype=np.float32)
+    fns = {
+        "gemm": lambda: K.matmul(x, w),
+        "softmax": lambda: K.softmax(x),
+        "layernorm_backward": lambda: K.layernorm_backward(x, x * 0.5, g),
+        "attention_backward": lambda: K.attention_backward(
+            x[:, :96], w[:96, :288], w[0, :288], w[:96, :96], w[1, :96], x[:, :96] * 0.3, 4),
+        "cross_entropy_backward": lambda: K.cross_entropy_backward(x, np.arange(96) * 7),
+        "sum_squares": lambda: np.float64(K.sum_squares(w.reshape(-1))),
+    }
+    one = run_with_threads(1, fns[name])
+    two = run_with_threads(2, fns[name])
+    for a, b in zip(one if isinstance(one, tuple) else (one,), two if isinstance(two, tuple) else (two,)):
+        assert np.array_equal(a, b), name
+
+
+def test_vectorised_exp_accuracy():
+    x = np.linspace(-87.0, 88.0, 1_000_003, dtype=np.float32)
+    got = K.vexp(x).astype(np.float64)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got / want - 1)) < 3e-7
+    assert K.vexp(np.array([-100.0, -1e30], np.float32)).tolist() == [0.0, 0.0]
+
+
+def test_rng_stream_is_uniform_and_reproducible():
+    u = K.rand_uniform(123, 200_000)
+    assert 0 <= u.min() and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.005
+    assert np.array_equal(u, K.rand_uniform(123, 200_000))
+    assert not np.array_equal(u[:100], K.rand_uniform(124, 100))
