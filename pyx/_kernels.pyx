@@ -26,13 +26,14 @@ Rules for code in the cores (see DESIGN.md):
 Compiler directives are set in pyx/build_config.py (one place for both builds).
 """
 from cython.parallel cimport prange, parallel, threadid
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, free, qsort
 from libc.string cimport memset, memcpy, memcmp
 from libc.stdint cimport int64_t, int32_t, uint64_t, uint32_t, uint8_t, uint16_t, int8_t
-from libc.math cimport sqrtf, sqrt, fabsf, fabs, floorf, logf, log, cos, M_PI
+from libc.math cimport sqrtf, sqrt, fabsf, fabs, floorf, logf, log, cos, sin, M_PI
 cimport openmp
 
 include "common.pxi"
 include "gemm.pxi"
 include "ops.pxi"
 include "attention.pxi"
+include "gpt2.pxi"

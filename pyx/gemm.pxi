@@ -40,8 +40,9 @@
 # and other shapes lose 2-15x the same way.  Measured on one core
 # ((64x768)@(768x50257)): 65 GFLOP/s with B packed, 84 in place + prefetch.
 #
-# Few rows (M <= SMALL_M, e.g. one decoded token): B is streamed once, row by
-# row (op(B)=B) or as dot products (op(B)=B^T), without tiles.
+# Few rows (M <= SMALL_M, e.g. one decoded token): memory-bound, so B is
+# streamed once in its own order: dot products over B's rows when op(B)=B^T,
+# else fixed row chunks of B into partial sums added in chunk order.
 
 ctypedef void (*micro_fn)(int64_t kc, const float *L, int64_t l_rs, int64_t l_cs,
                           const float *R, int64_t r_rs, const float *prefetch,
@@ -83,7 +84,6 @@ cdef enum:
     MAX_MR = 8
     MAX_TILE = 8 * 32
     SMALL_M = 4
-    SMALL_COLS = 1024   # column block of the small-M path (C rows stay in L1)
 
 cdef struct GemmArgs:
     int64_t rows            # of Out
@@ -361,110 +361,132 @@ cdef int _gemm_slab(const GemmArgs *g, int64_t r0, int64_t r1, int64_t c0, int64
     return PGLLM_OK
 
 
-cdef struct SmallM:
-    int64_t M
-    int64_t K
-    const float *A          # op(A) as contiguous (M, K)
-    const float *B
-    int64_t ldb
-    int transB
-    float *C
-    int64_t ldc
-    const float *bias
-    int accumulate
+cdef enum:
+    KCHUNK = 64         # rows of B per partial sum in the few-rows path
+    COLBLK = 2048       # columns per task there (a partial row stays in L1)
 
 
-cdef int _gemm_small_m(const SmallM *s, int64_t n0, int64_t n1,
-                       const int *cancel) noexcept nogil:
-    """C[:, n0:n1] for M <= SMALL_M: B is read once, in its own order."""
-    cdef int64_t M = s.M, K = s.K
-    cdef int64_t i, j, k, jb, je, k4
-    cdef float a0, a1, a2, a3, v
-    cdef float *crow
-    cdef const float *arow
+cdef inline void _store_few(float *c, float v, const float *bias, int64_t j,
+                            int accumulate) noexcept nogil:
+    if bias != NULL:
+        v = v + bias[j]
+    if accumulate:
+        c[0] = c[0] + v
+    else:
+        c[0] = v
+
+
+cdef inline void _few_rows_bt_rows(int64_t M, int64_t K, const float *A, const float *B,
+                                   int64_t ldb, float *C, int64_t ldc, const float *bias,
+                                   int accumulate, int64_t j0, int64_t j1) noexcept nogil:
+    cdef int64_t i, j
+    for j in range(j0, j1):
+        for i in range(M):
+            _store_few(C + i * ldc + j, _dot(A + i * K, B + j * ldb, K), bias, j, accumulate)
+
+
+cdef int _few_rows_bt(int64_t M, int64_t N, int64_t K, const float *A, const float *B,
+                      int64_t ldb, float *C, int64_t ldc, const float *bias, int accumulate,
+                      const int *cancel) noexcept nogil:
+    """C[i, j] = dot(A[i], B[j]): B's rows are streamed once, in order (a
+    contiguous dot product reaches the streaming bandwidth; four rows at once
+    measured half of it)."""
+    cdef int64_t nq = (N + 255) // 256
+    cdef int64_t q
+    for q in prange(nq, num_threads=_threads_for(N * K // 4), schedule='static'):
+        if PGLLM_CANCELLED(cancel):
+            continue
+        _few_rows_bt_rows(M, K, A, B, ldb, C, ldc, bias, accumulate, q * 256,
+                          min(q * 256 + 256, N))
+    return _status(cancel)
+
+
+cdef void _few_rows_task(int64_t M, int64_t N, int64_t K, const float *A, const float *B,
+                         int64_t ldb, float *part, int64_t k0, int64_t k1,
+                         int64_t j0, int64_t j1) noexcept nogil:
+    """part[i, j0:j1] = sum over k in [k0, k1) of A[i, k] * B[k, j0:j1]."""
+    cdef int64_t i, j, k
+    cdef float a0, a1, a2, a3
+    cdef float *y
     cdef const float *b0
     cdef const float *b1
     cdef const float *b2
     cdef const float *b3
-    if s.transB:
-        # C[i, j] = dot(op(A)[i, :], B[j, :]): B rows are contiguous
-        for j in range(n0, n1):
-            if (j & 255) == 0 and PGLLM_CANCELLED(cancel):
-                return PGLLM_INTERRUPTED
-            b0 = s.B + j * s.ldb
-            for i in range(M):
-                v = _dot(s.A + i * K, b0, K)
-                if s.bias != NULL:
-                    v = v + s.bias[j]
-                if s.accumulate:
-                    s.C[i * s.ldc + j] += v
-                else:
-                    s.C[i * s.ldc + j] = v
-        return PGLLM_OK
-    # op(B) = B: stream B once, four rows at a time, into L1-resident C rows
-    k4 = K - K % 4
-    jb = n0
-    while jb < n1:
-        je = min(jb + SMALL_COLS, n1)
-        if PGLLM_CANCELLED(cancel):
-            return PGLLM_INTERRUPTED
+    for i in range(M):
+        y = part + i * N
+        for j in range(j0, j1):
+            y[j] = 0.0
+    k = k0
+    while k + 4 <= k1:
+        b0 = B + k * ldb
+        b1 = b0 + ldb
+        b2 = b1 + ldb
+        b3 = b2 + ldb
         for i in range(M):
-            crow = s.C + i * s.ldc
-            if not s.accumulate:
-                for j in range(jb, je):
-                    crow[j] = 0.0
-            if s.bias != NULL:
-                for j in range(jb, je):
-                    crow[j] += s.bias[j]
-        k = 0
-        while k < k4:
-            b0 = s.B + k * s.ldb
-            b1 = b0 + s.ldb
-            b2 = b1 + s.ldb
-            b3 = b2 + s.ldb
-            for i in range(M):
-                arow = s.A + i * K + k
-                a0 = arow[0]
-                a1 = arow[1]
-                a2 = arow[2]
-                a3 = arow[3]
-                crow = s.C + i * s.ldc
-                for j in range(jb, je):
-                    crow[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j]
-            k = k + 4
-        while k < K:
-            b0 = s.B + k * s.ldb
-            for i in range(M):
-                a0 = s.A[i * K + k]
-                crow = s.C + i * s.ldc
-                for j in range(jb, je):
-                    crow[j] += a0 * b0[j]
-            k = k + 1
-        jb = je
-    return PGLLM_OK
+            a0 = A[i * K + k]
+            a1 = A[i * K + k + 1]
+            a2 = A[i * K + k + 2]
+            a3 = A[i * K + k + 3]
+            y = part + i * N
+            for j in range(j0, j1):
+                y[j] = y[j] + a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j]
+        k = k + 4
+    while k < k1:
+        b0 = B + k * ldb
+        for i in range(M):
+            a0 = A[i * K + k]
+            y = part + i * N
+            for j in range(j0, j1):
+                y[j] = y[j] + a0 * b0[j]
+        k = k + 1
+
+
+cdef int _few_rows_nn(int64_t M, int64_t N, int64_t K, const float *A, const float *B,
+                      int64_t ldb, float *C, int64_t ldc, const float *bias, int accumulate,
+                      const int *cancel) noexcept nogil:
+    """C = A @ B for few rows.  B is streamed in its own order: tasks of KCHUNK
+    consecutive rows (x COLBLK columns) write partial sums, which are then
+    added in chunk order -- so the result does not depend on the threads."""
+    cdef int64_t nchunks = (K + KCHUNK - 1) // KCHUNK
+    cdef int64_t ncb = (N + COLBLK - 1) // COLBLK
+    cdef int64_t t, c, cb, i, j, j0, j1, nb
+    cdef float *partial = _alloc_floats(nchunks * M * N)
+    cdef float v
+    cdef int nt = _threads_for(M * N * K // 4)
+    if partial == NULL:
+        return PGLLM_ENOMEM
+    for t in prange(nchunks * ncb, num_threads=nt, schedule='static'):
+        if PGLLM_CANCELLED(cancel):
+            continue
+        c = t // ncb
+        cb = t % ncb
+        _few_rows_task(M, N, K, A, B, ldb, partial + c * M * N, c * KCHUNK,
+                       min((c + 1) * KCHUNK, K), cb * COLBLK, min((cb + 1) * COLBLK, N))
+    nb = (N + 255) // 256
+    for t in prange(nb, num_threads=nt, schedule='static'):
+        if PGLLM_CANCELLED(cancel):
+            continue
+        j0 = t * 256
+        j1 = min(j0 + 256, N)
+        for i in range(M):
+            for j in range(j0, j1):
+                v = 0.0
+                for c in range(nchunks):
+                    v = v + partial[(c * M + i) * N + j]
+                _store_few(C + i * ldc + j, v, bias, j, accumulate)
+    free(partial)
+    return _status(cancel)
 
 
 cdef int _gemm_few_rows(int transA, int transB, int64_t M, int64_t N, int64_t K,
                         const float *A, int64_t lda, const float *B, int64_t ldb,
                         float *C, int64_t ldc, const float *bias, int accumulate,
                         const int *cancel) noexcept nogil:
-    """M <= SMALL_M: columns split among threads, B streamed once."""
-    cdef SmallM sm
+    """M <= SMALL_M (decoding): B is streamed once, in its own memory order."""
     cdef float *Acopy = NULL
-    cdef int64_t i, k, lo, hi
-    cdef int nt, tid
-    cdef int status = PGLLM_OK
-    cdef int *pstatus = &status
-    sm.M = M
-    sm.K = K
-    sm.A = A
-    sm.B = B
-    sm.ldb = ldb
-    sm.transB = transB
-    sm.C = C
-    sm.ldc = ldc
-    sm.bias = bias
-    sm.accumulate = accumulate
+    cdef const float *Arows = A
+    cdef int64_t i, k
+    cdef int rc
     if transA or lda != K:
         Acopy = _alloc_floats(M * K)
         if Acopy == NULL:
@@ -472,17 +494,13 @@ cdef int _gemm_few_rows(int transA, int transB, int64_t M, int64_t N, int64_t K,
         for i in range(M):
             for k in range(K):
                 Acopy[i * K + k] = A[k * lda + i] if transA else A[i * lda + k]
-        sm.A = Acopy
-    nt = <int> min(<int64_t> _threads_for(M * N * K // 16), (N + 15) // 16)
-    with parallel(num_threads=nt):
-        tid = threadid()
-        # 16-column aligned slabs
-        lo = ((N + 15) // 16) * tid // nt * 16
-        hi = min(((N + 15) // 16) * (tid + 1) // nt * 16, N)
-        if lo < hi and _gemm_small_m(&sm, lo, hi, cancel) != PGLLM_OK:
-            pstatus[0] = PGLLM_INTERRUPTED
+        Arows = Acopy
+    if transB:
+        rc = _few_rows_bt(M, N, K, Arows, B, ldb, C, ldc, bias, accumulate, cancel)
+    else:
+        rc = _few_rows_nn(M, N, K, Arows, B, ldb, C, ldc, bias, accumulate, cancel)
     free(Acopy)
-    return status
+    return rc
 
 
 cdef public int pgllm_gemm(int transA, int transB, int64_t M, int64_t N, int64_t K,

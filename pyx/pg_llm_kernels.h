@@ -161,6 +161,78 @@ int		pgllm_attention_backward(const float *x, const float *w_qkv, const float *w
 								 float *dw_o, float *db_o,
 								 int64_t T, int64_t D, int64_t n_head, const int *cancel);
 
+/* ---- GPT-2 ----
+ * Parameters live in one buffer in llm.c's order (PGLLM_P_* below); linear
+ * weights are kept as (out, in), like torch.nn.Linear, so that every product
+ * reads a weight matrix row by row (HuggingFace's Conv1D layout is (in, out):
+ * the shims transpose on the way in and out of the tables). */
+typedef struct PgllmGPT2Config
+{
+	int64_t		n_layer;
+	int64_t		n_head;
+	int64_t		n_embd;
+	int64_t		n_positions;
+	int64_t		vocab;
+	float		eps;			/* layernorm epsilon */
+} PgllmGPT2Config;
+
+enum
+{
+	PGLLM_P_WTE,				/* (V, C) */
+	PGLLM_P_WPE,				/* (maxT, C) */
+	PGLLM_P_LN1W,				/* (L, C) */
+	PGLLM_P_LN1B,				/* (L, C) */
+	PGLLM_P_QKVW,				/* (L, 3C, C) */
+	PGLLM_P_QKVB,				/* (L, 3C) */
+	PGLLM_P_ATTPROJW,			/* (L, C, C) */
+	PGLLM_P_ATTPROJB,			/* (L, C) */
+	PGLLM_P_LN2W,				/* (L, C) */
+	PGLLM_P_LN2B,				/* (L, C) */
+	PGLLM_P_FCW,				/* (L, 4C, C) */
+	PGLLM_P_FCB,				/* (L, 4C) */
+	PGLLM_P_FCPROJW,			/* (L, C, 4C) */
+	PGLLM_P_FCPROJB,			/* (L, C) */
+	PGLLM_P_LNFW,				/* (C) */
+	PGLLM_P_LNFB,				/* (C) */
+	PGLLM_NUM_PARAM_TENSORS
+};
+
+/* floats of each parameter tensor (all layers); returns the total */
+int64_t	pgllm_gpt2_param_sizes(const PgllmGPT2Config *cfg, int64_t *sizes);
+/* GPT-2's initialisation from a seed: N(0, 0.02), residual projections
+ * N(0, 0.02/sqrt(2 n_layer)), biases 0, layernorm weights 1 */
+int		pgllm_gpt2_init(const PgllmGPT2Config *cfg, float *params, uint64_t seed);
+
+/* Inference with a KV cache: B sequences, Tn new tokens each after `past`
+ * cached positions.  kv is (B, L, 2, kv_cap, C); work holds
+ * pgllm_gpt2_work_floats(cfg, B, Tn) floats; logits gets (B, V) for each
+ * sequence's last new token, or (B, Tn, V) when all_positions. */
+int64_t	pgllm_gpt2_work_floats(const PgllmGPT2Config *cfg, int64_t B, int64_t Tn);
+int		pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const float *params,
+									  const int32_t *tokens, int64_t B, int64_t Tn,
+									  int64_t past, float *kv, int64_t kv_cap,
+									  float *work, float *logits, int all_positions,
+									  const int *cancel);
+/* kv rows of sequence src[b] -> sequence b, for b < B (beam reordering);
+ * scratch holds one sequence's cache */
+int		pgllm_gpt2_kv_reorder(const PgllmGPT2Config *cfg, float *kv, int64_t B,
+								  int64_t kv_cap, int64_t len, const int32_t *src,
+								  float *scratch);
+
+/* ---- sampling ----
+ * Next token from logits (modified in place): repetition penalty on the
+ * tokens of history (CTRL / HuggingFace rule), then greedy argmax when
+ * temperature == 0, else temperature, top-k (0: off), top-p (1: off) and a
+ * draw from the counter-based stream (seed, step).  work: 2*V floats. */
+int32_t	pgllm_sample_token(float *logits, int64_t V, const int32_t *history,
+						   int64_t nhist, float repetition_penalty, float temperature,
+						   int64_t topk, float topp, uint64_t seed, uint64_t step,
+						   float *work);
+/* rows of logits -> log-probabilities, in place */
+int		pgllm_log_softmax(float *x, int64_t rows, int64_t cols, const int *cancel);
+/* indices of the k largest values (descending; ties: lower index first) */
+int		pgllm_topk(const float *x, int64_t n, int64_t k, int64_t *idx);
+
 #ifdef __cplusplus
 }
 #endif

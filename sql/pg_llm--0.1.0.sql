@@ -117,3 +117,114 @@ CREATE FUNCTION pg_llm_tensor(float4[]) RETURNS bytea
 AS 'MODULE_PATHNAME', 'pg_llm_tensor' LANGUAGE C IMMUTABLE PARALLEL SAFE STRICT;
 CREATE FUNCTION pg_llm_tensor_array(bytea) RETURNS float4[]
 AS 'MODULE_PATHNAME', 'pg_llm_tensor_array' LANGUAGE C IMMUTABLE PARALLEL SAFE STRICT;
+
+-- ===========================================================================
+-- Models: configuration, parameters (one row per tensor, HuggingFace GPT-2
+-- names and shapes, float32 bytea), AdamW state beside them.
+-- Every write of a model's parameters takes a new version from
+-- llm_model_version_seq (never reused, even after a rollback): backends
+-- cache a model by (model, version).
+-- ===========================================================================
+
+CREATE SEQUENCE llm_model_version_seq;
+
+CREATE TABLE llm_model_config (
+    model          text PRIMARY KEY CHECK (model <> '' AND length(model) <= 200),
+    n_layer        int  NOT NULL CHECK (n_layer BETWEEN 1 AND 256),
+    n_head         int  NOT NULL CHECK (n_head >= 1),
+    d_model        int  NOT NULL CHECK (d_model BETWEEN 1 AND 65536 AND d_model % n_head = 0),
+    n_positions    int  NOT NULL CHECK (n_positions BETWEEN 1 AND 1048576),
+    vocab          int  NOT NULL CHECK (vocab BETWEEN 1 AND 16777216),
+    layer_norm_eps float4 NOT NULL DEFAULT 1e-5 CHECK (layer_norm_eps > 0),
+    version        bigint NOT NULL DEFAULT nextval('llm_model_version_seq'),
+    tokenizer_version bigint,
+    train_step     int NOT NULL DEFAULT 0,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE llm_model_config IS 'GPT-2 model configurations (d_model is n_embd)';
+
+INSERT INTO llm_model_config (model, n_layer, n_head, d_model, n_positions, vocab) VALUES
+    ('gpt2-small', 12, 12, 768, 1024, 50257),
+    ('gpt2-medium', 24, 16, 1024, 1024, 50257),
+    ('gpt2-large', 36, 20, 1280, 1024, 50257),
+    ('gpt2-xl', 48, 25, 1600, 1024, 50257);
+
+CREATE TABLE llm_param (
+    model  text NOT NULL REFERENCES llm_model_config (model) ON DELETE CASCADE ON UPDATE CASCADE,
+    name   text NOT NULL,
+    shape  int[] NOT NULL,
+    data   bytea NOT NULL,
+    m      bytea,            -- AdamW first moment (NULL before training)
+    v      bytea,            -- AdamW second moment
+    PRIMARY KEY (model, name)
+);
+COMMENT ON TABLE llm_param IS 'model parameters, one row per tensor, HuggingFace GPT-2 names and shapes, float32 little-endian';
+-- floats do not compress: skip pglz, so that loading a model is a copy
+ALTER TABLE llm_param ALTER COLUMN data SET STORAGE EXTERNAL,
+                      ALTER COLUMN m SET STORAGE EXTERNAL,
+                      ALTER COLUMN v SET STORAGE EXTERNAL;
+
+-- ===========================================================================
+-- Tokenizer: GPT-2's byte-level BPE, per model
+-- ===========================================================================
+CREATE TABLE llm_vocab (
+    model    text NOT NULL REFERENCES llm_model_config (model) ON DELETE CASCADE ON UPDATE CASCADE,
+    token_id int  NOT NULL CHECK (token_id >= 0),
+    token    bytea NOT NULL,          -- the token's bytes (vocab.json keys decoded)
+    special  bool NOT NULL DEFAULT false,   -- <|endoftext|> and the like: never merged
+    PRIMARY KEY (model, token_id)
+);
+
+CREATE TABLE llm_merges (
+    model     text NOT NULL REFERENCES llm_model_config (model) ON DELETE CASCADE ON UPDATE CASCADE,
+    rank      int  NOT NULL CHECK (rank >= 0),
+    left_id   int  NOT NULL,
+    right_id  int  NOT NULL,
+    merged_id int  NOT NULL,
+    PRIMARY KEY (model, rank)
+);
+
+CREATE VIEW llm_models AS
+SELECT c.model,
+       jsonb_build_object('n_layer', c.n_layer, 'n_head', c.n_head, 'd_model', c.d_model,
+                          'n_positions', c.n_positions, 'vocab', c.vocab,
+                          'layer_norm_eps', c.layer_norm_eps) AS config,
+       coalesce(p.bytes / 4, 0)::bigint AS n_params,
+       coalesce(p.bytes, 0)::bigint AS bytes,
+       c.version,
+       coalesce(p.n_tensors, 0) > 0 AS has_weights,
+       EXISTS (SELECT 1 FROM @extschema@.llm_merges g WHERE g.model = c.model) AS has_tokenizer,
+       c.train_step,
+       c.updated_at
+  FROM @extschema@.llm_model_config c
+  LEFT JOIN (SELECT model, sum(octet_length(data)) AS bytes, count(*) AS n_tensors
+               FROM @extschema@.llm_param GROUP BY model) p USING (model);
+
+CREATE FUNCTION llm_create_model(model text, n_layer int DEFAULT NULL, n_head int DEFAULT NULL,
+                                 d_model int DEFAULT NULL, n_positions int DEFAULT NULL,
+                                 vocab int DEFAULT NULL, seed int DEFAULT 1337)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'pg_llm_create_model' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION llm_create_model(text, int, int, int, int, int, int)
+    IS 'new model with GPT-2''s initialisation; NULL sizes come from the registered configuration; returns the number of parameters';
+
+CREATE FUNCTION llm_drop_model(model text) RETURNS void
+AS 'MODULE_PATHNAME', 'pg_llm_drop_model' LANGUAGE C VOLATILE STRICT;
+
+CREATE FUNCTION pg_llm_cache_stats(OUT model text, OUT version bigint, OUT mb float8,
+                                   OUT pins int, OUT hits bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'pg_llm_cache_stats' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION pg_llm_cache_stats() IS 'this backend''s model cache: one row per cached model version';
+
+-- ===========================================================================
+-- Inference
+-- ===========================================================================
+CREATE FUNCTION llm_logits(token_ids int[], model_name text DEFAULT NULL) RETURNS bytea
+AS 'MODULE_PATHNAME', 'pg_llm_logits' LANGUAGE C STABLE;
+COMMENT ON FUNCTION llm_logits(int[], text) IS 'logits (T, vocab) of every position, float32 bytea';
+
+CREATE FUNCTION llm_loss(model text, tokens int[], targets int[]) RETURNS float4
+AS 'MODULE_PATHNAME', 'pg_llm_loss' LANGUAGE C STABLE;
+COMMENT ON FUNCTION llm_loss(text, int[], int[]) IS 'mean cross-entropy of targets[t] after tokens[1..t]';

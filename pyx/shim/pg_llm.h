@@ -10,6 +10,7 @@
 
 #include "postgres.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/memutils.h"
@@ -93,7 +94,107 @@ extern float *pgllm_float4_array(ArrayType *arr, int64 *n, const char *argname);
 /* an int4[] argument flattened (no NULL elements) */
 extern int32 *pgllm_int4_array(ArrayType *arr, int64 *n, const char *argname);
 
+/* set up a materialized set-returning function (InitMaterializedSRF on 15+) */
+extern ReturnSetInfo *pgllm_materialized_srf(FunctionCallInfo fcinfo);
+
 /* scratch allocation of n floats (huge allocations allowed), within max_memory_mb */
 extern float *pgllm_alloc_floats(int64 n, const char *what);
+
+/* ---- models (model.c) ---- */
+
+/* A model's parameters cached in this backend: one aligned buffer in the
+ * kernels' layout, keyed by (name, version).  Pinned while in use. */
+typedef struct PgllmModel
+{
+	char	   *name;
+	int64		version;
+	PgllmGPT2Config cfg;
+	float	   *params;			/* pgllm_gpt2_param_sizes() floats */
+	int64		nfloats;
+	void	   *alloc;			/* what to free */
+	int			pins;
+	bool		stale;			/* a newer version exists: free when unpinned */
+	uint64		last_used;
+	int64		hits;			/* calls served from the cache */
+	struct PgllmModel *next;
+} PgllmModel;
+
+/* schema-qualified name of one of the extension's tables ("llm_param" ->
+ * "\"public\".llm_param"), immune to search_path */
+extern const char *pgllm_table(const char *table);
+
+/* the model name argument, or pg_llm.default_model when it is NULL */
+extern char *pgllm_model_name_arg(FunctionCallInfo fcinfo, int argno);
+
+/* read a model's configuration; ERROR if it does not exist */
+extern void pgllm_model_config(const char *name, PgllmGPT2Config *cfg, int64 *version);
+
+/* the model's parameters, loaded or from the cache, pinned until release */
+extern PgllmModel *pgllm_model_acquire(const char *name);
+extern void pgllm_model_release(PgllmModel *m);
+
+/* read one column (data, m or v) of every parameter tensor into a buffer in
+ * the kernels' layout; returns false if the model has none of that column */
+extern bool pgllm_params_read(const char *name, const PgllmGPT2Config *cfg,
+							  const char *column, float *dest);
+
+/* write every tensor of a model (kernels' layout -> HuggingFace layout);
+ * m and v may be NULL; a new version is taken */
+extern void pgllm_params_write(const char *name, const PgllmGPT2Config *cfg,
+							   const float *params, const float *m, const float *v,
+							   bool replace);
+
+/*
+ * HuggingFace name (with or without "transformer.") -> tensor kind, layer,
+ * and the shape tables and kernels use (rows, cols; cols = 1 for vectors).
+ * hf_transposed: HuggingFace's Conv1D stores this tensor as (cols, rows).
+ * False for a name GPT-2 with this configuration does not have.
+ */
+extern bool pgllm_param_lookup(const PgllmGPT2Config *cfg, const char *name, int *kind,
+							   int *layer, int64 *rows, int64 *cols, bool *hf_transposed);
+
+/* number of parameter tensors, and the name / kind / layer of tensor i */
+extern int	pgllm_param_count(const PgllmGPT2Config *cfg);
+extern char *pgllm_param_name(const PgllmGPT2Config *cfg, int i, int *kind, int *layer);
+
+/* where tensor (kind, layer) starts in the kernels' buffer, and its floats */
+extern int64 pgllm_param_offset(const PgllmGPT2Config *cfg, int kind, int layer,
+								int64 *count);
+
+/* ---- TOAST (toast_read.c) ---- */
+typedef struct PgllmToastTarget
+{
+	Oid			valueid;
+	char	   *dest;
+	int64		size;
+	int64		got;
+	int64		chunks;
+} PgllmToastTarget;
+
+/* an uncompressed external value: its TOAST relation, value id and size */
+extern bool pgllm_toast_external(Datum d, Oid *toastrelid, Oid *valueid, int64 *size);
+
+/* copy the targets' values into their dest with one scan; false: not done,
+ * detoast them instead */
+extern bool pgllm_toast_fetch_many(Oid toastrelid, PgllmToastTarget *targets, int n);
+
+/* ERROR unless a configuration is in range and n_head divides n_embd */
+extern void pgllm_config_check(const PgllmGPT2Config *cfg, const char *fn);
+
+/* take a new version number for a model (after its parameters changed) */
+extern int64 pgllm_model_bump_version(const char *name);
+
+/* ---- inference (inference.c) ---- */
+
+/* ERROR (22003) unless every token id lies in [0, vocab) */
+extern void pgllm_check_tokens(const int32 *tokens, int64 n, const PgllmGPT2Config *cfg,
+							   const char *fn, const char *what);
+
+/* logits (T, vocab) of every position of one sequence (palloc'd) */
+extern float *pgllm_forward_all(PgllmModel *m, const int32 *tokens, int64 T);
+
+/* mean cross-entropy of targets[t] given tokens[0..t] */
+extern double pgllm_sequence_loss(PgllmModel *m, const int32 *tokens, const int32 *targets,
+								  int64 T);
 
 #endif							/* PG_LLM_SHIM_H */
