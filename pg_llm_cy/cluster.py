@@ -123,7 +123,8 @@ class LocalCluster:
                   check=True, stdout=subprocess.DEVNULL)
         conf = {"listen_addresses": "''", "unix_socket_directories": f"'{self.base}'",
                 "port": str(self.port), "fsync": "off", "max_connections": "40",
-                "shared_buffers": "256MB", "logging_collector": "off"}
+                "shared_buffers": "256MB", "logging_collector": "off",
+                "max_wal_size": "4GB", "checkpoint_timeout": "30min"}
         conf.update({k: str(v) for k, v in self.settings.items()})
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             for k, v in conf.items():

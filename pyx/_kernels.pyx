@@ -26,8 +26,8 @@ Rules for code in the cores (see DESIGN.md):
 Compiler directives are set in pyx/build_config.py (one place for both builds).
 """
 from cython.parallel cimport prange, parallel, threadid
-from libc.stdlib cimport malloc, free, qsort
-from libc.string cimport memset, memcpy, memcmp
+from libc.stdlib cimport malloc, calloc, realloc, free, qsort
+from libc.string cimport memset, memcpy, memcmp, memchr
 from libc.stdint cimport int64_t, int32_t, uint64_t, uint32_t, uint8_t, uint16_t, int8_t
 from libc.math cimport sqrtf, sqrt, fabsf, fabs, floorf, logf, log, cos, sin, M_PI
 cimport openmp
@@ -37,3 +37,4 @@ include "gemm.pxi"
 include "ops.pxi"
 include "attention.pxi"
 include "gpt2.pxi"
+include "bpe.pxi"

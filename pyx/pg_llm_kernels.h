@@ -233,6 +233,50 @@ int		pgllm_log_softmax(float *x, int64_t rows, int64_t cols, const int *cancel);
 /* indices of the k largest values (descending; ties: lower index first) */
 int		pgllm_topk(const float *x, int64_t n, int64_t k, int64_t *idx);
 
+/* ---- GPT-2's byte-level BPE (tiktoken's algorithm) ----
+ * A tokenizer is built from its vocabulary: token i's bytes are
+ * data[offsets[i] .. offsets[i+1]); special tokens (<|endoftext|>) are never
+ * produced by merges.  Merge priority is the merged token's id, as in
+ * tiktoken, whose ranks equal GPT-2's ids. */
+typedef struct PgllmBPE PgllmBPE;
+
+PgllmBPE   *pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const int64_t *offsets,
+							 const uint8_t *special, int *status);
+void		pgllm_bpe_free(PgllmBPE *bpe);
+int64_t		pgllm_bpe_n_tokens(const PgllmBPE *bpe);
+/* UTF-8 text -> ids (at most cap of them); returns the count, or -1 with
+ * *status PGLLM_EINVAL when cap is too small, PGLLM_INTERRUPTED, PGLLM_ENOMEM */
+int64_t		pgllm_bpe_encode(PgllmBPE *bpe, const uint8_t *text, int64_t len, int32_t *ids,
+							 int64_t cap, int *status, const int *cancel);
+/* bytes of the decoded ids (-1 if an id is out of range) */
+int64_t		pgllm_bpe_decoded_len(const PgllmBPE *bpe, const int32_t *ids, int64_t n);
+int64_t		pgllm_bpe_decode(const PgllmBPE *bpe, const int32_t *ids, int64_t n, uint8_t *out);
+/* id of a (mergeable) token given its bytes, or -1 */
+int32_t		pgllm_bpe_token_id(const PgllmBPE *bpe, const uint8_t *bytes, int64_t len);
+/* id of a special token (<|endoftext|>) given its bytes, or -1 */
+int32_t		pgllm_bpe_special_id(const PgllmBPE *bpe, const uint8_t *bytes, int64_t len);
+
+/* Valid UTF-8 from any bytes: each maximal invalid subpart becomes U+FFFD
+ * (as Python's errors="replace").  out needs 3*len bytes; returns its length.
+ * With hold_incomplete, a truncated sequence at the end is left out and its
+ * length returned in *held (streaming: it may complete with the next token). */
+int64_t		pgllm_utf8_sanitize(const uint8_t *in, int64_t len, uint8_t *out,
+								int hold_incomplete, int64_t *held);
+
+/* vocab.json: a JSON object of token strings (GPT-2's byte alphabet) to ids.
+ * Pass 1 (ids == NULL) counts tokens and their bytes; pass 2 fills
+ * data/offsets/special by id (ids must be exactly 0 .. n-1).  On a format
+ * error returns PGLLM_EFORMAT with *err_pos at the offending byte. */
+int			pgllm_parse_vocab_json(const uint8_t *json, int64_t len, int64_t *n_tokens,
+								   int64_t *n_bytes, uint8_t *data, int64_t *offsets,
+								   uint8_t *special, int64_t *err_pos);
+/* merges.txt: "#version" line, then "left right" per line; each line's ids
+ * (resolved with bpe) into left/right/merged (cap entries).  *count gets the
+ * number of merges; errors: PGLLM_EFORMAT / PGLLM_EINVAL with *err_line. */
+int			pgllm_parse_merges(const PgllmBPE *bpe, const uint8_t *text, int64_t len,
+							   int32_t *left, int32_t *right, int32_t *merged, int64_t cap,
+							   int64_t *count, int64_t *err_line);
+
 #ifdef __cplusplus
 }
 #endif

@@ -228,3 +228,65 @@ COMMENT ON FUNCTION llm_logits(int[], text) IS 'logits (T, vocab) of every posit
 CREATE FUNCTION llm_loss(model text, tokens int[], targets int[]) RETURNS float4
 AS 'MODULE_PATHNAME', 'pg_llm_loss' LANGUAGE C STABLE;
 COMMENT ON FUNCTION llm_loss(text, int[], int[]) IS 'mean cross-entropy of targets[t] after tokens[1..t]';
+
+-- ===========================================================================
+-- Tokenizer
+-- ===========================================================================
+CREATE FUNCTION pg_llm_load_bpe_vocab(path text, model text) RETURNS bigint
+AS 'MODULE_PATHNAME', 'pg_llm_load_bpe_vocab' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION pg_llm_load_bpe_vocab(text, text) IS 'load GPT-2''s vocab.json from a server file (needs pg_read_server_files); returns the number of tokens';
+
+CREATE FUNCTION pg_llm_load_bpe_merges(path text, model text) RETURNS bigint
+AS 'MODULE_PATHNAME', 'pg_llm_load_bpe_merges' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION pg_llm_load_bpe_merges(text, text) IS 'load GPT-2''s merges.txt from a server file (after the vocabulary); returns the number of merges';
+
+CREATE FUNCTION pg_llm_load_bpe_vocab_text(content text, model text) RETURNS bigint
+AS 'MODULE_PATHNAME', 'pg_llm_load_bpe_vocab_text' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION pg_llm_load_bpe_vocab_text(text, text) IS 'load vocab.json sent by a client (scripts/ingest_tokenizer.py)';
+
+CREATE FUNCTION pg_llm_load_bpe_merges_text(content text, model text) RETURNS bigint
+AS 'MODULE_PATHNAME', 'pg_llm_load_bpe_merges_text' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION pg_llm_load_bpe_merges_text(text, text) IS 'load merges.txt sent by a client (scripts/ingest_tokenizer.py)';
+
+CREATE FUNCTION llm_encode(text text, model text DEFAULT NULL) RETURNS int[]
+AS 'MODULE_PATHNAME', 'pg_llm_encode' LANGUAGE C STABLE;
+COMMENT ON FUNCTION llm_encode(text, text) IS 'GPT-2 token ids of text (byte-level BPE; <|endoftext|> in text is plain text)';
+
+CREATE FUNCTION llm_decode(ids int[], model text DEFAULT NULL) RETURNS text
+AS 'MODULE_PATHNAME', 'pg_llm_decode' LANGUAGE C STABLE;
+COMMENT ON FUNCTION llm_decode(int[], text) IS 'text of token ids; bytes that are not valid UTF-8 become U+FFFD';
+
+-- ===========================================================================
+-- Generation
+-- ===========================================================================
+CREATE FUNCTION llm_generate(prompt text, max_tokens int DEFAULT 64, temperature float8 DEFAULT 1.0,
+                             topk int DEFAULT 50, topp float8 DEFAULT 0.95,
+                             model_name text DEFAULT NULL, eos_token int DEFAULT NULL,
+                             seed int DEFAULT NULL, repetition_penalty float8 DEFAULT 1.0,
+                             stop text[] DEFAULT NULL)
+RETURNS text
+AS 'MODULE_PATHNAME', 'pg_llm_generate' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION llm_generate(text, int, float8, int, float8, text, int, int, float8, text[])
+    IS 'the text generated after prompt: temperature 0 is greedy; topk 0 and topp 1 turn those filters off; the same seed gives the same text; stops at eos_token (default: the tokenizer''s <|endoftext|>) or before a stop string';
+
+CREATE FUNCTION llm_generate_stream(prompt text, max_tokens int DEFAULT 64, temperature float8 DEFAULT 1.0,
+                                    topk int DEFAULT 50, topp float8 DEFAULT 0.95,
+                                    model_name text DEFAULT NULL, eos_token int DEFAULT NULL,
+                                    seed int DEFAULT NULL, repetition_penalty float8 DEFAULT 1.0,
+                                    stop text[] DEFAULT NULL)
+RETURNS TABLE (step int, token_id int, token text, text text, is_complete bool)
+AS 'MODULE_PATHNAME', 'pg_llm_generate_stream' LANGUAGE C VOLATILE ROWS 64;
+COMMENT ON FUNCTION llm_generate_stream(text, int, float8, int, float8, text, int, int, float8, text[])
+    IS 'llm_generate one row per token, each computed when fetched: call it in the SELECT list and read through a cursor to stream';
+
+CREATE FUNCTION llm_beam_search(prompt text, beam_width int DEFAULT 4, max_tokens int DEFAULT 32,
+                                model_name text DEFAULT NULL, length_penalty float8 DEFAULT 1.0,
+                                eos_token int DEFAULT NULL)
+RETURNS TABLE (rank int, score float8, token_ids int[], text text)
+AS 'MODULE_PATHNAME', 'pg_llm_beam_search' LANGUAGE C VOLATILE ROWS 4;
+COMMENT ON FUNCTION llm_beam_search(text, int, int, text, float8, int)
+    IS 'the beam_width best continuations by sum of log-probabilities / length^length_penalty';
+
+CREATE FUNCTION llm_perplexity(text text, model text DEFAULT NULL) RETURNS float8
+AS 'MODULE_PATHNAME', 'pg_llm_perplexity' LANGUAGE C STABLE;
+COMMENT ON FUNCTION llm_perplexity(text, text) IS 'exp of the mean next-token loss (sliding windows of the context length for long texts)';

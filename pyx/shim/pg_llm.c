@@ -14,6 +14,13 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/tuplestore.h"
+#include "catalog/pg_authid.h"
+#include "storage/fd.h"
+#include "utils/acl.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 PG_MODULE_MAGIC;
 
@@ -278,6 +285,93 @@ pgllm_materialized_srf(FunctionCallInfo fcinfo)
 	MemoryContextSwitchTo(old);
 #endif
 	return rsinfo;
+}
+
+/* ---------------------------------------------------------------------------
+ * server files
+ * ------------------------------------------------------------------------- */
+void
+pgllm_require_file_role(bool write, const char *what)
+{
+	Oid			role = write ? ROLE_PG_WRITE_SERVER_FILES : ROLE_PG_READ_SERVER_FILES;
+
+	if (!superuser() && !has_privs_of_role(GetUserId(), role))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to %s", what),
+				 errdetail("Only superusers and roles with privileges of the \"%s\" role may %s.",
+						   write ? "pg_write_server_files" : "pg_read_server_files", what)));
+}
+
+int
+pgllm_open_server_file(const char *path, int64 *size)
+{
+	int			fd;
+	struct stat st;
+
+	pgllm_require_file_role(false, "read server files");
+	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	if (fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open file \"%s\" for reading: %m", path)));
+	if (fstat(fd, &st) < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not stat file \"%s\": %m", path)));
+	if (!S_ISREG(st.st_mode))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a regular file", path)));
+	*size = (int64) st.st_size;
+	return fd;
+}
+
+void
+pgllm_read_exact(int fd, const char *path, int64 offset, void *buf, int64 len)
+{
+	char	   *p = buf;
+
+	while (len > 0)
+	{
+		ssize_t		chunk = (ssize_t) Min(len, (int64) 64 * 1024 * 1024);
+		ssize_t		got;
+
+		CHECK_FOR_INTERRUPTS();
+		got = pg_pread(fd, p, chunk, (off_t) offset);
+		if (got < 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not read file \"%s\": %m", path)));
+		if (got == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("file \"%s\" is truncated: it ends at byte %lld", path,
+							(long long) offset)));
+		p += got;
+		offset += got;
+		len -= got;
+	}
+}
+
+uint8 *
+pgllm_read_server_file(const char *path, int64 max_bytes, int64 *len)
+{
+	int64		size;
+	int			fd = pgllm_open_server_file(path, &size);
+	uint8	   *buf;
+
+	if (size > max_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("file \"%s\" is too large (%lld bytes, at most %lld)", path,
+						(long long) size, (long long) max_bytes)));
+	buf = MemoryContextAllocHuge(CurrentMemoryContext, size + 1);
+	pgllm_read_exact(fd, path, 0, buf, size);
+	buf[size] = '\0';
+	CloseTransientFile(fd);
+	*len = size;
+	return buf;
 }
 
 /* pg_llm_info() -> text: build and run-time facts, for bug reports */

@@ -97,6 +97,19 @@ extern int32 *pgllm_int4_array(ArrayType *arr, int64 *n, const char *argname);
 /* set up a materialized set-returning function (InitMaterializedSRF on 15+) */
 extern ReturnSetInfo *pgllm_materialized_srf(FunctionCallInfo fcinfo);
 
+/* ERROR unless the user may read (write) server files: superuser or member
+ * of pg_read_server_files (pg_write_server_files) */
+extern void pgllm_require_file_role(bool write, const char *what);
+
+/* a server file opened for reading (privilege checked), with its size */
+extern int	pgllm_open_server_file(const char *path, int64 *size);
+
+/* read exactly len bytes at offset, or ERROR (truncated, I/O error) */
+extern void pgllm_read_exact(int fd, const char *path, int64 offset, void *buf, int64 len);
+
+/* a whole server file (privilege checked), NUL-terminated */
+extern uint8 *pgllm_read_server_file(const char *path, int64 max_bytes, int64 *len);
+
 /* scratch allocation of n floats (huge allocations allowed), within max_memory_mb */
 extern float *pgllm_alloc_floats(int64 n, const char *what);
 
@@ -183,6 +196,22 @@ extern void pgllm_config_check(const PgllmGPT2Config *cfg, const char *fn);
 
 /* take a new version number for a model (after its parameters changed) */
 extern int64 pgllm_model_bump_version(const char *name);
+
+/* ---- tokenizer (tokenizer.c) ---- */
+
+/* the model's tokenizer (cached per backend); ERROR if it has none */
+extern PgllmBPE *pgllm_tokenizer_get(const char *model);
+
+/* server-encoded text -> token ids (palloc'd) */
+extern int32 *pgllm_encode_text(PgllmBPE *bpe, const char *str, int len, int64 *ntokens);
+
+/* ids -> server-encoded text; invalid UTF-8 becomes U+FFFD; with
+ * hold_incomplete, trailing bytes of an unfinished character are left out
+ * and counted in *held */
+extern char *pgllm_decode_text(PgllmBPE *bpe, const int32 *ids, int64 n, bool hold_incomplete,
+							   int64 *held);
+
+extern ArrayType *pgllm_int4_array_build(const int32 *v, int64 n);
 
 /* ---- inference (inference.c) ---- */
 

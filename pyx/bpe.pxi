@@ -1,0 +1,1122 @@
+# GPT-2's byte-level BPE, exactly as tiktoken encodes with GPT-2's files.
+#
+# 1. Pre-tokenisation: GPT-2's pattern
+#       '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+#    as a hand-written state machine over UTF-8 (alternatives tried in order,
+#    as a backtracking regex does; see _piece_end).
+# 2. Each piece that is itself a token is that token (tiktoken does this
+#    before merging); otherwise its bytes are merged pairwise, always the
+#    adjacent pair whose concatenation has the lowest rank, leftmost first.
+#    tiktoken's ranks are GPT-2's token ids, and any pair whose bytes form a
+#    token may merge -- not only the pairs listed in merges.txt -- so the pair
+#    table is built from every split of every token into two tokens.
+# 3. Pieces already seen are answered from a bounded cache.
+#
+# Not thread-safe: one tokenizer, one thread (the cache is mutated).
+
+cdef extern from "pg_llm_kernels.h" nogil:
+    ctypedef struct PgllmBPE:
+        pass
+
+cdef extern from "unicode_tables.h" nogil:
+    const uint32_t pgllm_uni_L[1]
+    const uint32_t pgllm_uni_N[1]
+    const uint32_t pgllm_uni_WS[1]
+    enum:
+        PGLLM_UNI_L_N
+        PGLLM_UNI_N_N
+        PGLLM_UNI_WS_N
+
+cdef extern from *:
+    """
+    static uint8_t pgllm__uclass[65536];    /* classes of the BMP, built once */
+    static int pgllm__uclass_ready = 0;
+    """
+    uint8_t pgllm__uclass[65536]
+    int pgllm__uclass_ready
+
+cdef enum:
+    CL_OTHER = 0
+    CL_L = 1
+    CL_N = 2
+    CL_WS = 4
+    CP_INVALID = 0xFFFFFFFF
+    MAX_RANK = 0x7FFFFFFF
+    CACHE_PIECE_MAX = 64            # longer pieces are not cached
+    CACHE_SLOTS = 1 << 17
+    CACHE_BYTES = 1 << 23
+    CACHE_IDS = 1 << 21
+
+
+# ---------------------------------------------------------------------------
+# Unicode classes and UTF-8
+# ---------------------------------------------------------------------------
+cdef int _in_ranges(const uint32_t *r, int64_t n, uint32_t cp) noexcept nogil:
+    cdef int64_t lo = 0, hi = n - 1, mid
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if cp < r[2 * mid]:
+            hi = mid - 1
+        elif cp > r[2 * mid + 1]:
+            lo = mid + 1
+        else:
+            return 1
+    return 0
+
+
+cdef void _build_uclass() noexcept nogil:
+    global pgllm__uclass_ready
+    cdef int64_t i
+    cdef uint32_t a, b, cp
+    memset(pgllm__uclass, 0, 65536)
+    for i in range(PGLLM_UNI_L_N):
+        a = pgllm_uni_L[2 * i]
+        b = pgllm_uni_L[2 * i + 1]
+        cp = a
+        while cp <= b and cp < 65536:
+            pgllm__uclass[cp] |= CL_L
+            cp = cp + 1
+    for i in range(PGLLM_UNI_N_N):
+        a = pgllm_uni_N[2 * i]
+        b = pgllm_uni_N[2 * i + 1]
+        cp = a
+        while cp <= b and cp < 65536:
+            pgllm__uclass[cp] |= CL_N
+            cp = cp + 1
+    for i in range(PGLLM_UNI_WS_N):
+        a = pgllm_uni_WS[2 * i]
+        b = pgllm_uni_WS[2 * i + 1]
+        cp = a
+        while cp <= b and cp < 65536:
+            pgllm__uclass[cp] |= CL_WS
+            cp = cp + 1
+    pgllm__uclass_ready = 1
+
+
+cdef inline int _uclass(uint32_t cp) noexcept nogil:
+    if cp < 65536:
+        return pgllm__uclass[cp]
+    if cp == CP_INVALID:
+        return CL_OTHER
+    if _in_ranges(pgllm_uni_L, PGLLM_UNI_L_N, cp):
+        return CL_L
+    if _in_ranges(pgllm_uni_N, PGLLM_UNI_N_N, cp):
+        return CL_N
+    if _in_ranges(pgllm_uni_WS, PGLLM_UNI_WS_N, cp):
+        return CL_WS
+    return CL_OTHER
+
+
+cdef inline int _cont(uint8_t b) noexcept nogil:
+    return (b & 0xC0) == 0x80
+
+
+cdef inline int _utf8(const uint8_t *s, int64_t n, int64_t i, uint32_t *cp) noexcept nogil:
+    """Code point at s[i] and its length in bytes; an invalid byte is
+    CP_INVALID of length 1."""
+    cdef uint8_t b = s[i]
+    cdef uint32_t c
+    if b < 0x80:
+        cp[0] = b
+        return 1
+    if 0xC2 <= b <= 0xDF and i + 1 < n and _cont(s[i + 1]):
+        cp[0] = ((b & 0x1F) << 6) | (s[i + 1] & 0x3F)
+        return 2
+    if 0xE0 <= b <= 0xEF and i + 2 < n and _cont(s[i + 1]) and _cont(s[i + 2]):
+        c = ((b & 0x0F) << 12) | ((s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F)
+        if c >= 0x800 and not (0xD800 <= c <= 0xDFFF):
+            cp[0] = c
+            return 3
+    if 0xF0 <= b <= 0xF4 and i + 3 < n and _cont(s[i + 1]) and _cont(s[i + 2]) and _cont(s[i + 3]):
+        c = (((b & 0x07) << 18) | ((s[i + 1] & 0x3F) << 12) | ((s[i + 2] & 0x3F) << 6)
+             | (s[i + 3] & 0x3F))
+        if 0x10000 <= c <= 0x10FFFF:
+            cp[0] = c
+            return 4
+    cp[0] = CP_INVALID
+    return 1
+
+
+cdef inline int64_t _run(const uint8_t *s, int64_t n, int64_t i, int cls) noexcept nogil:
+    """End of the run of code points of class cls starting at i."""
+    cdef uint32_t c
+    cdef int l
+    while i < n:
+        l = _utf8(s, n, i, &c)
+        if _uclass(c) != cls:
+            break
+        i = i + l
+    return i
+
+
+cdef int64_t _piece_end(const uint8_t *s, int64_t n, int64_t i) noexcept nogil:
+    """End of the pre-token starting at i (GPT-2's pattern, first matching
+    alternative wins)."""
+    cdef uint32_t c, c2
+    cdef int l, l2, k, k2, count
+    cdef int64_t j, last
+    cdef uint8_t b1, b2
+    l = _utf8(s, n, i, &c)
+    k = _uclass(c)
+    # '(?:[sdmt]|ll|ve|re)
+    if c == 39 and i + 1 < n:
+        b1 = s[i + 1]
+        if b1 == 115 or b1 == 116 or b1 == 109 or b1 == 100:          # s t m d
+            return i + 2
+        if i + 2 < n:
+            b2 = s[i + 2]
+            if (b1 == 108 and b2 == 108) or (b1 == 118 and b2 == 101) or (b1 == 114 and b2 == 101):
+                return i + 3                                            # ll ve re
+    # ' ?\p{L}+', ' ?\p{N}+', ' ?[^\s\p{L}\p{N}]+' with the optional space
+    if c == 32 and i + 1 < n:
+        l2 = _utf8(s, n, i + 1, &c2)
+        k2 = _uclass(c2)
+        if k2 == CL_L or k2 == CL_N or k2 == CL_OTHER:
+            return _run(s, n, i + 1, k2)
+    # ... and without it
+    if k == CL_L or k == CL_N or k == CL_OTHER:
+        return _run(s, n, i, k)
+    # whitespace: '\s+(?!\S)' keeps the last space for the next piece when
+    # more follows; a single space before a non-space is '\s+' on its own
+    j = i
+    last = i
+    count = 0
+    while j < n:
+        l2 = _utf8(s, n, j, &c2)
+        if _uclass(c2) != CL_WS:
+            break
+        last = j
+        j = j + l2
+        count = count + 1
+    if j >= n:
+        return n
+    if count >= 2:
+        return last
+    return j
+
+
+cdef public int64_t pgllm_utf8_sanitize(const uint8_t *inp, int64_t len, uint8_t *out,
+                                        int hold_incomplete, int64_t *held) noexcept nogil:
+    """Valid UTF-8 from any bytes, U+FFFD for each maximal invalid subpart."""
+    cdef int64_t i = 0, o = 0, k, need
+    cdef uint8_t b, lo, hi
+    if held != NULL:
+        held[0] = 0
+    while i < len:
+        b = inp[i]
+        if b < 0x80:
+            out[o] = b
+            o = o + 1
+            i = i + 1
+            continue
+        need = 0
+        lo = 0x80
+        hi = 0xBF
+        if 0xC2 <= b <= 0xDF:
+            need = 1
+        elif 0xE0 <= b <= 0xEF:
+            need = 2
+            if b == 0xE0:
+                lo = 0xA0
+            elif b == 0xED:
+                hi = 0x9F
+        elif 0xF0 <= b <= 0xF4:
+            need = 3
+            if b == 0xF0:
+                lo = 0x90
+            elif b == 0xF4:
+                hi = 0x8F
+        if need == 0:
+            k = 1                          # not a lead byte
+        else:
+            k = 1
+            while k <= need and i + k < len:
+                if not (lo <= inp[i + k] <= hi):
+                    break
+                lo = 0x80
+                hi = 0xBF
+                k = k + 1
+            if k == need + 1:
+                memcpy(out + o, inp + i, k)
+                o = o + k
+                i = i + k
+                continue
+            if i + k >= len and hold_incomplete:
+                if held != NULL:
+                    held[0] = len - i     # may complete with more bytes
+                return o
+        out[o] = 0xEF
+        out[o + 1] = 0xBF
+        out[o + 2] = 0xBD
+        o = o + 3
+        i = i + k
+    return o
+
+
+# ---------------------------------------------------------------------------
+# the tokenizer
+# ---------------------------------------------------------------------------
+cdef struct BPEState:
+    int64_t n_tokens
+    uint8_t *data               # token bytes, by id
+    int64_t *offsets            # n_tokens + 1
+    uint8_t *special
+    int32_t byte_id[256]
+    int32_t *tok_slots          # bytes -> id (open addressing, -1 empty)
+    int64_t tok_mask
+    uint64_t *pair_keys         # (left << 32 | right) -> merged id
+    int32_t *pair_vals
+    int64_t pair_mask
+    # piece cache
+    uint64_t *wc_hash
+    int64_t *wc_off             # start of the piece in wc_bytes (-1: empty slot)
+    int32_t *wc_len
+    int64_t *wc_ids_off
+    int32_t *wc_nids
+    int64_t wc_used
+    uint8_t *wc_bytes
+    int64_t wc_bytes_used
+    int32_t *wc_ids
+    int64_t wc_ids_used
+    # merge scratch
+    int32_t *parts
+    int32_t *ranks
+    int64_t scratch_cap
+
+
+cdef inline uint64_t _hash_bytes(const uint8_t *p, int64_t n) noexcept nogil:
+    cdef uint64_t h = <uint64_t> 1469598103934665603ULL ^ <uint64_t> n
+    cdef int64_t i
+    for i in range(n):
+        h = (h ^ p[i]) * <uint64_t> 1099511628211ULL
+    return _mix64(h)
+
+
+cdef inline int64_t _tok_len(const BPEState *s, int32_t id) noexcept nogil:
+    return s.offsets[id + 1] - s.offsets[id]
+
+
+cdef int32_t _tok_lookup(const BPEState *s, const uint8_t *p, int64_t n) noexcept nogil:
+    cdef uint64_t slot = _hash_bytes(p, n) & <uint64_t> s.tok_mask
+    cdef int32_t id
+    while True:
+        id = s.tok_slots[slot]
+        if id < 0:
+            return -1
+        if _tok_len(s, id) == n and memcmp(s.data + s.offsets[id], p, n) == 0:
+            return id
+        slot = (slot + 1) & <uint64_t> s.tok_mask
+
+
+cdef inline int32_t _pair_lookup(const BPEState *s, int32_t a, int32_t b) noexcept nogil:
+    cdef uint64_t key = (<uint64_t> <uint32_t> a << 32) | <uint32_t> b
+    cdef uint64_t slot = _mix64(key) & <uint64_t> s.pair_mask
+    cdef uint64_t k
+    while True:
+        k = s.pair_keys[slot]
+        if k == key:
+            return s.pair_vals[slot]
+        if k == <uint64_t> 0xFFFFFFFFFFFFFFFFULL:
+            return MAX_RANK
+        slot = (slot + 1) & <uint64_t> s.pair_mask
+
+
+cdef void _pair_insert(BPEState *s, int32_t a, int32_t b, int32_t merged) noexcept nogil:
+    cdef uint64_t key = (<uint64_t> <uint32_t> a << 32) | <uint32_t> b
+    cdef uint64_t slot = _mix64(key) & <uint64_t> s.pair_mask
+    while s.pair_keys[slot] != <uint64_t> 0xFFFFFFFFFFFFFFFFULL:
+        if s.pair_keys[slot] == key:
+            return
+        slot = (slot + 1) & <uint64_t> s.pair_mask
+    s.pair_keys[slot] = key
+    s.pair_vals[slot] = merged
+
+
+cdef void _bpe_free_state(BPEState *s) noexcept nogil:
+    if s == NULL:
+        return
+    free(s.data)
+    free(s.offsets)
+    free(s.special)
+    free(s.tok_slots)
+    free(s.pair_keys)
+    free(s.pair_vals)
+    free(s.wc_hash)
+    free(s.wc_off)
+    free(s.wc_len)
+    free(s.wc_ids_off)
+    free(s.wc_nids)
+    free(s.wc_bytes)
+    free(s.wc_ids)
+    free(s.parts)
+    free(s.ranks)
+    free(s)
+
+
+cdef public void pgllm_bpe_free(PgllmBPE *bpe) noexcept nogil:
+    _bpe_free_state(<BPEState *> bpe)
+
+
+cdef int64_t _pow2_at_least(int64_t n) noexcept nogil:
+    cdef int64_t p = 1
+    while p < n:
+        p = p * 2
+    return p
+
+
+cdef void _cache_clear(BPEState *s) noexcept nogil:
+    cdef int64_t i
+    for i in range(CACHE_SLOTS):
+        s.wc_off[i] = -1
+    s.wc_used = 0
+    s.wc_bytes_used = 0
+    s.wc_ids_used = 0
+
+
+cdef public PgllmBPE *pgllm_bpe_create(int64_t n_tokens, const uint8_t *data,
+                                       const int64_t *offsets, const uint8_t *special,
+                                       int *status) noexcept nogil:
+    cdef BPEState *s
+    cdef int64_t i, k, n, slot_count, total
+    cdef int32_t id, a, b
+    cdef uint64_t slot
+    cdef const uint8_t *t
+    if not pgllm__uclass_ready:
+        _build_uclass()
+    status[0] = PGLLM_OK
+    if n_tokens <= 0 or n_tokens > 0x7FFFFFFE:
+        status[0] = PGLLM_EINVAL
+        return NULL
+    total = offsets[n_tokens]
+    s = <BPEState *> calloc(1, sizeof(BPEState))
+    if s == NULL:
+        status[0] = PGLLM_ENOMEM
+        return NULL
+    s.n_tokens = n_tokens
+    s.data = <uint8_t *> malloc(max(total, <int64_t> 1))
+    s.offsets = <int64_t *> malloc((n_tokens + 1) * sizeof(int64_t))
+    s.special = <uint8_t *> malloc(n_tokens)
+    slot_count = _pow2_at_least(2 * n_tokens + 16)
+    s.tok_mask = slot_count - 1
+    s.tok_slots = <int32_t *> malloc(slot_count * sizeof(int32_t))
+    s.pair_mask = _pow2_at_least(4 * n_tokens + 16) - 1
+    s.pair_keys = <uint64_t *> malloc((s.pair_mask + 1) * sizeof(uint64_t))
+    s.pair_vals = <int32_t *> malloc((s.pair_mask + 1) * sizeof(int32_t))
+    s.wc_hash = <uint64_t *> malloc(CACHE_SLOTS * sizeof(uint64_t))
+    s.wc_off = <int64_t *> malloc(CACHE_SLOTS * sizeof(int64_t))
+    s.wc_len = <int32_t *> malloc(CACHE_SLOTS * sizeof(int32_t))
+    s.wc_ids_off = <int64_t *> malloc(CACHE_SLOTS * sizeof(int64_t))
+    s.wc_nids = <int32_t *> malloc(CACHE_SLOTS * sizeof(int32_t))
+    s.wc_bytes = <uint8_t *> malloc(CACHE_BYTES)
+    s.wc_ids = <int32_t *> malloc(CACHE_IDS * sizeof(int32_t))
+    if (s.data == NULL or s.offsets == NULL or s.special == NULL or s.tok_slots == NULL or
+            s.pair_keys == NULL or s.pair_vals == NULL or s.wc_hash == NULL or s.wc_off == NULL or
+            s.wc_len == NULL or s.wc_ids_off == NULL or s.wc_nids == NULL or s.wc_bytes == NULL or
+            s.wc_ids == NULL):
+        _bpe_free_state(s)
+        status[0] = PGLLM_ENOMEM
+        return NULL
+    memcpy(s.data, data, total)
+    memcpy(s.offsets, offsets, (n_tokens + 1) * sizeof(int64_t))
+    memcpy(s.special, special, n_tokens)
+    _cache_clear(s)
+
+    # bytes -> id for the mergeable (non-special) tokens
+    for i in range(slot_count):
+        s.tok_slots[i] = -1
+    for id in range(n_tokens):
+        n = _tok_len(s, id)
+        if n <= 0 or s.special[id]:
+            continue
+        t = s.data + s.offsets[id]
+        slot = _hash_bytes(t, n) & <uint64_t> s.tok_mask
+        while s.tok_slots[slot] >= 0:
+            if _tok_len(s, s.tok_slots[slot]) == n and memcmp(s.data + s.offsets[s.tok_slots[slot]], t, n) == 0:
+                break               # duplicate bytes: the lower id wins
+            slot = (slot + 1) & <uint64_t> s.tok_mask
+        if s.tok_slots[slot] < 0:
+            s.tok_slots[slot] = id
+    _fill_byte_ids(s)
+    for i in range(256):
+        if s.byte_id[i] < 0:
+            _bpe_free_state(s)
+            status[0] = PGLLM_EINVAL        # byte-level BPE needs all 256 bytes
+            return NULL
+
+    # every split of every token into two tokens
+    for i in range(s.pair_mask + 1):
+        s.pair_keys[i] = <uint64_t> 0xFFFFFFFFFFFFFFFFULL
+    for id in range(n_tokens):
+        n = _tok_len(s, id)
+        if n < 2 or s.special[id]:
+            continue
+        t = s.data + s.offsets[id]
+        for k in range(1, n):
+            a = _tok_lookup(s, t, k)
+            if a < 0:
+                continue
+            b = _tok_lookup(s, t + k, n - k)
+            if b < 0:
+                continue
+            _pair_insert(s, a, b, id)
+    return <PgllmBPE *> s
+
+
+cdef void _fill_byte_ids(BPEState *s) noexcept nogil:
+    cdef uint8_t one[1]
+    cdef int i
+    for i in range(256):
+        one[0] = <uint8_t> i
+        s.byte_id[i] = _tok_lookup(s, one, 1)
+
+
+cdef public int64_t pgllm_bpe_n_tokens(const PgllmBPE *bpe) noexcept nogil:
+    return (<const BPEState *> bpe).n_tokens
+
+
+cdef public int32_t pgllm_bpe_token_id(const PgllmBPE *bpe, const uint8_t *bytes,
+                                       int64_t len) noexcept nogil:
+    return _tok_lookup(<const BPEState *> bpe, bytes, len)
+
+
+cdef public int32_t pgllm_bpe_special_id(const PgllmBPE *bpe, const uint8_t *bytes,
+                                         int64_t len) noexcept nogil:
+    """id of the special token with these bytes (<|endoftext|>), or -1"""
+    cdef const BPEState *s = <const BPEState *> bpe
+    cdef int64_t i
+    for i in range(s.n_tokens):
+        if s.special[i] and _tok_len(s, <int32_t> i) == len and memcmp(s.data + s.offsets[i], bytes, len) == 0:
+            return <int32_t> i
+    return -1
+
+
+cdef int _ensure_scratch(BPEState *s, int64_t n) noexcept nogil:
+    cdef int32_t *p
+    cdef int32_t *r
+    cdef int64_t cap
+    if n <= s.scratch_cap:
+        return 1
+    cap = max(n, 2 * s.scratch_cap, <int64_t> 256)
+    p = <int32_t *> realloc(s.parts, cap * sizeof(int32_t))
+    if p == NULL:
+        return 0
+    s.parts = p
+    r = <int32_t *> realloc(s.ranks, cap * sizeof(int32_t))
+    if r == NULL:
+        return 0
+    s.ranks = r
+    s.scratch_cap = cap
+    return 1
+
+
+cdef int64_t _merge_piece(BPEState *s, const uint8_t *p, int64_t n) noexcept nogil:
+    """tiktoken's byte_pair_merge of piece p into s.parts; returns its count."""
+    cdef int32_t *parts = s.parts
+    cdef int32_t *ranks = s.ranks
+    cdef int64_t m = n, k, best
+    cdef int32_t r
+    for k in range(n):
+        parts[k] = s.byte_id[p[k]]
+    for k in range(n - 1):
+        ranks[k] = _pair_lookup(s, parts[k], parts[k + 1])
+    while m > 1:
+        best = 0
+        r = ranks[0]
+        for k in range(1, m - 1):
+            if ranks[k] < r:
+                r = ranks[k]
+                best = k
+        if r == MAX_RANK:
+            break
+        parts[best] = r                # the merged token (rank == id)
+        for k in range(best + 1, m - 1):
+            parts[k] = parts[k + 1]
+            ranks[k] = ranks[k + 1]
+        m = m - 1
+        if best + 1 < m:
+            ranks[best] = _pair_lookup(s, parts[best], parts[best + 1])
+        else:
+            ranks[best] = MAX_RANK
+        if best > 0:
+            ranks[best - 1] = _pair_lookup(s, parts[best - 1], parts[best])
+    return m
+
+
+cdef int64_t _cache_find(const BPEState *s, const uint8_t *p, int64_t n, uint64_t h) noexcept nogil:
+    cdef uint64_t slot = h & <uint64_t> (CACHE_SLOTS - 1)
+    while s.wc_off[slot] >= 0:
+        if s.wc_hash[slot] == h and s.wc_len[slot] == n and memcmp(s.wc_bytes + s.wc_off[slot], p, n) == 0:
+            return <int64_t> slot
+        slot = (slot + 1) & <uint64_t> (CACHE_SLOTS - 1)
+    return -1 - <int64_t> slot
+
+
+cdef void _cache_put(BPEState *s, const uint8_t *p, int64_t n, uint64_t h,
+                     const int32_t *ids, int64_t nids) noexcept nogil:
+    cdef int64_t slot
+    if (s.wc_used * 2 >= CACHE_SLOTS or s.wc_bytes_used + n > CACHE_BYTES or
+            s.wc_ids_used + nids > CACHE_IDS):
+        _cache_clear(s)
+    slot = _cache_find(s, p, n, h)
+    if slot >= 0:
+        return
+    slot = -1 - slot
+    memcpy(s.wc_bytes + s.wc_bytes_used, p, n)
+    memcpy(s.wc_ids + s.wc_ids_used, ids, nids * sizeof(int32_t))
+    s.wc_hash[slot] = h
+    s.wc_off[slot] = s.wc_bytes_used
+    s.wc_len[slot] = <int32_t> n
+    s.wc_ids_off[slot] = s.wc_ids_used
+    s.wc_nids[slot] = <int32_t> nids
+    s.wc_bytes_used = s.wc_bytes_used + n
+    s.wc_ids_used = s.wc_ids_used + nids
+    s.wc_used = s.wc_used + 1
+
+
+cdef public int64_t pgllm_bpe_encode(PgllmBPE *bpe, const uint8_t *text, int64_t len,
+                                     int32_t *ids, int64_t cap, int *status,
+                                     const int *cancel) noexcept nogil:
+    cdef BPEState *s = <BPEState *> bpe
+    cdef int64_t i = 0, e, n, count = 0, m, slot, k, pieces = 0
+    cdef int32_t tok
+    cdef uint64_t h
+    cdef const int32_t *src
+    status[0] = PGLLM_OK
+    while i < len:
+        pieces = pieces + 1
+        if (pieces & 4095) == 0 and PGLLM_CANCELLED(cancel):
+            status[0] = PGLLM_INTERRUPTED
+            return -1
+        e = _piece_end(text, len, i)
+        n = e - i
+        h = 0
+        slot = -1
+        if n <= CACHE_PIECE_MAX:
+            h = _hash_bytes(text + i, n)
+            slot = _cache_find(s, text + i, n, h)
+        if slot >= 0:
+            m = s.wc_nids[slot]
+            src = s.wc_ids + s.wc_ids_off[slot]
+        else:
+            if not _ensure_scratch(s, n + 1):
+                status[0] = PGLLM_ENOMEM
+                return -1
+            tok = _tok_lookup(s, text + i, n)
+            if tok >= 0:
+                s.parts[0] = tok
+                m = 1
+            else:
+                m = _merge_piece(s, text + i, n)
+            src = s.parts
+            if n <= CACHE_PIECE_MAX:
+                _cache_put(s, text + i, n, h, src, m)
+        if count + m > cap:
+            status[0] = PGLLM_EINVAL
+            return -1
+        for k in range(m):
+            ids[count + k] = src[k]
+        count = count + m
+        i = e
+    return count
+
+
+cdef public int64_t pgllm_bpe_decoded_len(const PgllmBPE *bpe, const int32_t *ids,
+                                          int64_t n) noexcept nogil:
+    cdef const BPEState *s = <const BPEState *> bpe
+    cdef int64_t i, total = 0
+    for i in range(n):
+        if ids[i] < 0 or ids[i] >= s.n_tokens:
+            return -1
+        total = total + _tok_len(s, ids[i])
+    return total
+
+
+cdef public int64_t pgllm_bpe_decode(const PgllmBPE *bpe, const int32_t *ids, int64_t n,
+                                     uint8_t *out) noexcept nogil:
+    cdef const BPEState *s = <const BPEState *> bpe
+    cdef int64_t i, o = 0, l
+    for i in range(n):
+        l = _tok_len(s, ids[i])
+        memcpy(out + o, s.data + s.offsets[ids[i]], l)
+        o = o + l
+    return o
+
+
+# ---------------------------------------------------------------------------
+# vocab.json and merges.txt
+# ---------------------------------------------------------------------------
+cdef inline int _byte_of_cp(uint32_t cp) noexcept nogil:
+    """GPT-2's byte alphabet (bytes_to_unicode, inverted): printable Latin-1
+    characters stand for themselves, the other 68 bytes for U+0100.. in
+    byte order; -1 outside the alphabet."""
+    cdef int b, n = 0
+    if (33 <= cp <= 126) or (161 <= cp <= 172) or (174 <= cp <= 255):
+        return <int> cp
+    if 256 <= cp < 256 + 68:
+        for b in range(256):
+            if (33 <= b <= 126) or (161 <= b <= 172) or (174 <= b <= 255):
+                continue
+            if n == <int> (cp - 256):
+                return b
+            n = n + 1
+    return -1
+
+
+cdef inline int64_t _skip_ws(const uint8_t *s, int64_t n, int64_t i) noexcept nogil:
+    while i < n and (s[i] == 32 or s[i] == 9 or s[i] == 10 or s[i] == 13):
+        i = i + 1
+    return i
+
+
+cdef inline int _hexval(uint8_t c) noexcept nogil:
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    if 65 <= c <= 70:
+        return c - 55
+    return -1
+
+
+cdef int64_t _json_string(const uint8_t *s, int64_t n, int64_t i, uint32_t *cps,
+                          int64_t cap, int64_t *ncp) noexcept nogil:
+    """Decode the JSON string starting at s[i] == '"' into code points (up to
+    cap kept, all counted in *ncp).  Returns the index after the closing
+    quote, or -1 - (position of the error)."""
+    cdef int64_t k = 0, j
+    cdef uint32_t c, lo
+    cdef int l, h, d
+    if i >= n or s[i] != 34:
+        return -1 - i
+    i = i + 1
+    while True:
+        if i >= n:
+            return -1 - i
+        if s[i] == 34:
+            ncp[0] = k
+            return i + 1
+        if s[i] < 0x20:
+            return -1 - i                 # control characters must be escaped
+        if s[i] == 92:
+            if i + 1 >= n:
+                return -1 - i
+            d = s[i + 1]
+            i = i + 2
+            if d == 34 or d == 92 or d == 47:
+                c = d
+            elif d == 98:
+                c = 8
+            elif d == 102:
+                c = 12
+            elif d == 110:
+                c = 10
+            elif d == 114:
+                c = 13
+            elif d == 116:
+                c = 9
+            elif d == 117:
+                if i + 4 > n:
+                    return -1 - i
+                c = 0
+                for j in range(4):
+                    h = _hexval(s[i + j])
+                    if h < 0:
+                        return -1 - (i + j)
+                    c = c * 16 + <uint32_t> h
+                i = i + 4
+                if 0xD800 <= c <= 0xDBFF:
+                    # a surrogate pair: \\uD83D\\uDE00
+                    if i + 6 > n or s[i] != 92 or s[i + 1] != 117:
+                        return -1 - i
+                    lo = 0
+                    for j in range(4):
+                        h = _hexval(s[i + 2 + j])
+                        if h < 0:
+                            return -1 - (i + 2 + j)
+                        lo = lo * 16 + <uint32_t> h
+                    if not (0xDC00 <= lo <= 0xDFFF):
+                        return -1 - i
+                    c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00)
+                    i = i + 6
+                elif 0xDC00 <= c <= 0xDFFF:
+                    return -1 - i
+            else:
+                return -1 - (i - 1)
+        else:
+            l = _utf8(s, n, i, &c)
+            if c == CP_INVALID:
+                return -1 - i
+            i = i + l
+        if k < cap:
+            cps[k] = c
+        k = k + 1
+
+
+cdef inline int64_t _encode_utf8(uint32_t c, uint8_t *out) noexcept nogil:
+    if c < 0x80:
+        out[0] = <uint8_t> c
+        return 1
+    if c < 0x800:
+        out[0] = <uint8_t> (0xC0 | (c >> 6))
+        out[1] = <uint8_t> (0x80 | (c & 0x3F))
+        return 2
+    if c < 0x10000:
+        out[0] = <uint8_t> (0xE0 | (c >> 12))
+        out[1] = <uint8_t> (0x80 | ((c >> 6) & 0x3F))
+        out[2] = <uint8_t> (0x80 | (c & 0x3F))
+        return 3
+    out[0] = <uint8_t> (0xF0 | (c >> 18))
+    out[1] = <uint8_t> (0x80 | ((c >> 12) & 0x3F))
+    out[2] = <uint8_t> (0x80 | ((c >> 6) & 0x3F))
+    out[3] = <uint8_t> (0x80 | (c & 0x3F))
+    return 4
+
+
+cdef int64_t _token_bytes(const uint32_t *cps, int64_t ncp, uint8_t *out,
+                          int *is_special) noexcept nogil:
+    """A vocabulary key's bytes: GPT-2's byte alphabet decoded; a key with
+    characters outside it (an added token) keeps its UTF-8.  <|...|> keys are
+    special (never merged), as tiktoken treats <|endoftext|>."""
+    cdef int64_t k, o = 0
+    cdef int b, outside = 0
+    for k in range(ncp):
+        if _byte_of_cp(cps[k]) < 0:
+            outside = 1
+    for k in range(ncp):
+        if outside:
+            o = o + _encode_utf8(cps[k], out + o)
+        else:
+            b = _byte_of_cp(cps[k])
+            out[o] = <uint8_t> b
+            o = o + 1
+    is_special[0] = outside or (o >= 4 and out[0] == 60 and out[1] == 124 and
+                                out[o - 2] == 124 and out[o - 1] == 62)
+    return o
+
+
+cdef enum:
+    MAX_KEY_CPS = 4096
+
+
+cdef public int pgllm_parse_vocab_json(const uint8_t *json, int64_t len, int64_t *n_tokens,
+                                       int64_t *n_bytes, uint8_t *data, int64_t *offsets,
+                                       uint8_t *special, int64_t *err_pos) noexcept nogil:
+    cdef uint32_t *cps = <uint32_t *> malloc(MAX_KEY_CPS * sizeof(uint32_t))
+    cdef uint8_t *kb = <uint8_t *> malloc(MAX_KEY_CPS * 4)
+    cdef int64_t i, ncp, nb, id, count = 0, total = 0, start, fill_pos = 0
+    cdef int neg, sp, digits
+    cdef int rc = PGLLM_OK
+    cdef int64_t *lens = NULL
+    err_pos[0] = 0
+    if cps == NULL or kb == NULL:
+        free(cps)
+        free(kb)
+        return PGLLM_ENOMEM
+    if data != NULL:
+        # pass 2: token lengths by id first, so that offsets can be set
+        lens = <int64_t *> calloc(n_tokens[0] + 1, sizeof(int64_t))
+        if lens == NULL:
+            free(cps)
+            free(kb)
+            return PGLLM_ENOMEM
+        for id in range(n_tokens[0]):
+            lens[id] = -1
+    # two scans in pass 2: lengths, then bytes
+    for start in range(2 if data != NULL else 1):
+        count = 0
+        total = 0
+        i = _skip_ws(json, len, 0)
+        if i >= len or json[i] != 123:
+            rc = PGLLM_EFORMAT
+            break
+        i = _skip_ws(json, len, i + 1)
+        if i < len and json[i] == 125:
+            i = i + 1
+        else:
+            while True:
+                i = _json_string(json, len, i, cps, MAX_KEY_CPS, &ncp)
+                if i < 0:
+                    i = -1 - i
+                    rc = PGLLM_EFORMAT
+                    break
+                if ncp == 0 or ncp > MAX_KEY_CPS:
+                    rc = PGLLM_EFORMAT
+                    break
+                nb = _token_bytes(cps, ncp, kb, &sp)
+                i = _skip_ws(json, len, i)
+                if i >= len or json[i] != 58:
+                    rc = PGLLM_EFORMAT
+                    break
+                i = _skip_ws(json, len, i + 1)
+                neg = i < len and json[i] == 45
+                if neg:
+                    i = i + 1
+                id = 0
+                digits = 0
+                while i < len and 48 <= json[i] <= 57 and digits < 10:
+                    id = id * 10 + (json[i] - 48)
+                    i = i + 1
+                    digits = digits + 1
+                if digits == 0 or neg or (i < len and (48 <= json[i] <= 57 or json[i] == 46 or
+                                                        json[i] == 101 or json[i] == 69)):
+                    rc = PGLLM_EFORMAT        # ids are plain non-negative integers
+                    break
+                if data != NULL:
+                    if id >= n_tokens[0]:
+                        rc = PGLLM_EINVAL     # ids must be 0 .. n-1
+                        break
+                    if start == 0:
+                        if lens[id] >= 0:
+                            rc = PGLLM_EINVAL     # duplicate id
+                            break
+                        lens[id] = nb
+                        special[id] = <uint8_t> sp
+                    else:
+                        memcpy(data + offsets[id], kb, nb)
+                count = count + 1
+                total = total + nb
+                i = _skip_ws(json, len, i)
+                if i < len and json[i] == 44:
+                    i = _skip_ws(json, len, i + 1)
+                    continue
+                if i < len and json[i] == 125:
+                    i = i + 1
+                    break
+                rc = PGLLM_EFORMAT
+                break
+        if rc != PGLLM_OK:
+            break
+        i = _skip_ws(json, len, i)
+        if i != len:
+            rc = PGLLM_EFORMAT
+            break
+        if data != NULL and start == 0:
+            if count != n_tokens[0]:
+                rc = PGLLM_EINVAL
+                break
+            offsets[0] = 0
+            for id in range(n_tokens[0]):
+                if lens[id] < 0:
+                    rc = PGLLM_EINVAL
+                    break
+                offsets[id + 1] = offsets[id] + lens[id]
+            if rc != PGLLM_OK:
+                break
+    if rc == PGLLM_OK and data == NULL:
+        n_tokens[0] = count
+        n_bytes[0] = total
+    err_pos[0] = i
+    free(lens)
+    free(cps)
+    free(kb)
+    return rc
+
+
+cdef int _merge_token(const uint8_t *s, int64_t a, int64_t b, uint8_t *out,
+                      int64_t *nout) noexcept nogil:
+    """A merges.txt token (UTF-8 text in GPT-2's byte alphabet) -> bytes."""
+    cdef uint32_t c
+    cdef int l, byte
+    cdef int64_t o = 0
+    while a < b:
+        l = _utf8(s, b, a, &c)
+        byte = _byte_of_cp(c)
+        if byte < 0:
+            return 0
+        out[o] = <uint8_t> byte
+        o = o + 1
+        a = a + l
+    nout[0] = o
+    return 1
+
+
+cdef public int pgllm_parse_merges(const PgllmBPE *bpe, const uint8_t *text, int64_t len,
+                                   int32_t *left, int32_t *right, int32_t *merged,
+                                   int64_t cap, int64_t *count,
+                                   int64_t *err_line) noexcept nogil:
+    cdef int64_t i = 0, eol, sp, end, line = 0, n = 0, la, lb
+    cdef uint8_t *buf = <uint8_t *> malloc(2 * (len + 1))
+    cdef int32_t a, b, m
+    cdef int rc = PGLLM_OK
+    count[0] = 0
+    err_line[0] = 0
+    if buf == NULL:
+        return PGLLM_ENOMEM
+    while i < len:
+        line = line + 1
+        eol = i
+        while eol < len and text[eol] != 10:
+            eol = eol + 1
+        end = eol
+        if end > i and text[end - 1] == 13:
+            end = end - 1
+        if end == i or (line == 1 and text[i] == 35):       # "#version: 0.2"
+            i = eol + 1
+            continue
+        sp = i
+        while sp < end and text[sp] != 32:
+            sp = sp + 1
+        if sp == i or sp >= end - 1 or memchr(text + sp + 1, 32, end - sp - 1) != NULL:
+            rc = PGLLM_EFORMAT         # exactly two tokens separated by one space
+            break
+        if not _merge_token(text, i, sp, buf, &la) or not _merge_token(text, sp + 1, end, buf + la, &lb):
+            rc = PGLLM_EFORMAT
+            break
+        a = pgllm_bpe_token_id(bpe, buf, la)
+        b = pgllm_bpe_token_id(bpe, buf + la, lb)
+        m = pgllm_bpe_token_id(bpe, buf, la + lb)
+        if a < 0 or b < 0 or m < 0:
+            rc = PGLLM_EINVAL          # a token the vocabulary does not have
+            break
+        if n >= cap:
+            rc = PGLLM_EINVAL
+            break
+        left[n] = a
+        right[n] = b
+        merged[n] = m
+        n = n + 1
+        i = eol + 1
+    free(buf)
+    count[0] = n
+    err_line[0] = line
+    return rc
+
+
+# ---------------------------------------------------------------------------
+# Python: a tokenizer object over the same code
+# ---------------------------------------------------------------------------
+def _raise_parse(int rc, what, pos):
+    if rc == PGLLM_EFORMAT:
+        raise ValueError(f"{what}: malformed at {pos}")
+    if rc == PGLLM_EINVAL:
+        raise ValueError(f"{what}: inconsistent content at {pos}")
+    _check_status(rc)
+
+
+def parse_vocab_json(const unsigned char[::1] content):
+    """vocab.json bytes -> (list of token bytes by id, list of special flags)."""
+    import numpy as np
+    cdef int64_t n = 0, nb = 0, pos = 0
+    cdef int rc
+    cdef const uint8_t *p = &content[0] if content.shape[0] else <const uint8_t *> b""
+    rc = pgllm_parse_vocab_json(p, content.shape[0], &n, &nb, NULL, NULL, NULL, &pos)
+    if rc != PGLLM_OK:
+        _raise_parse(rc, "vocab.json", f"byte {pos}")
+    data = np.empty(max(nb, 1), np.uint8)
+    offsets = np.empty(n + 1, np.int64)
+    special = np.zeros(max(n, 1), np.uint8)
+    cdef uint8_t[::1] dv = data
+    cdef int64_t[::1] ov = offsets
+    cdef uint8_t[::1] sv = special
+    rc = pgllm_parse_vocab_json(p, content.shape[0], &n, &nb, &dv[0], &ov[0], &sv[0], &pos)
+    if rc != PGLLM_OK:
+        _raise_parse(rc, "vocab.json", f"byte {pos}")
+    return data[:nb], offsets, special[:n]
+
+
+cdef class Tokenizer:
+    """GPT-2's byte-level BPE (the code llm_encode / llm_decode run)."""
+    cdef PgllmBPE *bpe
+    cdef readonly int64_t n_tokens
+
+    def __cinit__(self, const uint8_t[::1] data, const int64_t[::1] offsets,
+                  const uint8_t[::1] special):
+        cdef int status = 0
+        cdef int64_t n = offsets.shape[0] - 1
+        if n <= 0 or special.shape[0] != n or offsets[n] > data.shape[0]:
+            raise ValueError("Tokenizer: inconsistent vocabulary arrays")
+        self.bpe = pgllm_bpe_create(n, &data[0], &offsets[0], &special[0], &status)
+        if self.bpe == NULL:
+            if status == PGLLM_EINVAL:
+                raise ValueError("Tokenizer: the vocabulary lacks a single-byte token")
+            _check_status(status)
+        self.n_tokens = n
+
+    def __dealloc__(self):
+        if self.bpe != NULL:
+            pgllm_bpe_free(self.bpe)
+
+    @classmethod
+    def from_files(cls, vocab_path, merges_path=None):
+        with open(vocab_path, "rb") as f:
+            data, offsets, special = parse_vocab_json(f.read())
+        tok = cls(data, offsets, special)
+        if merges_path is not None:
+            with open(merges_path, "rb") as f:
+                tok.parse_merges(f.read())
+        return tok
+
+    def parse_merges(self, const unsigned char[::1] content):
+        """merges.txt bytes -> (left, right, merged) id arrays, checked against
+        this vocabulary."""
+        import numpy as np
+        cdef int64_t n = content.shape[0] // 3 + 1, count = 0, line = 0
+        left = np.empty(n, np.int32)
+        right = np.empty(n, np.int32)
+        merged = np.empty(n, np.int32)
+        cdef int[::1] lv = left, rv = right, mv = merged
+        cdef int rc = pgllm_parse_merges(self.bpe, &content[0] if content.shape[0] else <const uint8_t *> b"",
+                                         content.shape[0], <int32_t *> &lv[0], <int32_t *> &rv[0],
+                                         <int32_t *> &mv[0], n, &count, &line)
+        if rc != PGLLM_OK:
+            _raise_parse(rc, "merges.txt", f"line {line}")
+        return left[:count], right[:count], merged[:count]
+
+    def encode(self, text):
+        """str or UTF-8 bytes -> numpy int32 ids (GPT-2 pre-tokenisation + BPE)."""
+        import numpy as np
+        cdef bytes b = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        cdef int64_t n = len(b)
+        out = np.empty(max(n, 1), np.int32)
+        cdef int[::1] ov = out
+        cdef int status = 0
+        cdef int64_t count = pgllm_bpe_encode(self.bpe, <const uint8_t *> <char *> b, n,
+                                              <int32_t *> &ov[0], n, &status, NULL)
+        if count < 0:
+            _check_status(status)
+        return out[:count]
+
+    def decode_bytes(self, ids):
+        import numpy as np
+        a = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
+        cdef int[::1] iv = a
+        cdef int64_t n = a.shape[0]
+        cdef int64_t total = pgllm_bpe_decoded_len(self.bpe, <const int32_t *> (&iv[0] if n else NULL), n)
+        if total < 0:
+            raise ValueError("decode: token id out of range")
+        out = bytearray(total)
+        cdef unsigned char[::1] ov = out
+        if total:
+            pgllm_bpe_decode(self.bpe, <const int32_t *> &iv[0], n, &ov[0])
+        return bytes(out)
+
+    def decode(self, ids):
+        """ids -> str (invalid UTF-8, e.g. half a character, becomes U+FFFD)."""
+        return sanitize_utf8(self.decode_bytes(ids)).decode("utf-8")
+
+
+def sanitize_utf8(const unsigned char[::1] data, bint hold_incomplete=False):
+    """Bytes -> valid UTF-8 bytes (U+FFFD per maximal invalid subpart)."""
+    cdef int64_t n = data.shape[0], held = 0
+    out = bytearray(3 * n + 1)
+    cdef unsigned char[::1] ov = out
+    cdef int64_t m = pgllm_utf8_sanitize(&data[0] if n else <const uint8_t *> b"", n, &ov[0],
+                                         hold_incomplete, &held)
+    if hold_incomplete:
+        return bytes(out[:m]), held
+    return bytes(out[:m])
+
+
+def pre_tokenize(text):
+    """GPT-2's pre-tokens of text (list of bytes), for tests."""
+    cdef bytes b = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    cdef const uint8_t *p = <const uint8_t *> <char *> b
+    cdef int64_t n = len(b), i = 0, e
+    if not pgllm__uclass_ready:
+        _build_uclass()
+    out = []
+    while i < n:
+        e = _piece_end(p, n, i)
+        out.append(b[i:e])
+        i = e
+    return out

@@ -1,0 +1,686 @@
+/*
+ * generate.c -- text generation: llm_generate, llm_generate_stream (a
+ * value-per-call set-returning function that returns each token as soon as
+ * it is sampled), llm_beam_search and llm_perplexity.
+ *
+ * Each step is one fused call of the model with its KV cache; the prompt is
+ * run once ("prefill"), then one token per step.
+ */
+#include "pg_llm.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "access/htup_details.h"
+#include "port.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+/* eos_token NULL: the tokenizer's <|endoftext|> (50256 in GPT-2), if any */
+#define PGLLM_EOS_DEFAULT (-2)
+
+typedef struct GenParams
+{
+	int32		max_tokens;
+	double		temperature;
+	int32		topk;
+	double		topp;
+	int32		eos;			/* -1: none */
+	uint64		seed;
+	double		repetition_penalty;
+	char	  **stop;			/* stop strings (server encoding) */
+	int			nstop;
+} GenParams;
+
+typedef struct GenState
+{
+	PgllmModel *model;
+	PgllmBPE   *bpe;
+	GenParams	p;
+	int32	   *tokens;			/* prompt, then generated: the context */
+	int64		n_prompt;
+	int64		n;
+	int64		kv_cap;
+	float	   *kv;
+	float	   *work;
+	float	   *logits;
+	float	   *sample_work;
+	bool		logits_ready;	/* logits hold the next token's distribution */
+	bool		done;
+	int64		emitted_len;	/* bytes of text already returned by the stream */
+} GenState;
+
+/* ---------------------------------------------------------------------------
+ * arguments
+ * ------------------------------------------------------------------------- */
+static uint64
+random_seed64(void)
+{
+	uint64		seed;
+
+	if (!pg_strong_random(&seed, sizeof(seed)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("pg_llm: could not generate a random seed")));
+	return seed;
+}
+
+/*
+ * llm_generate's arguments: prompt, max_tokens, temperature, topk, topp,
+ * model_name, eos_token, seed, repetition_penalty, stop
+ */
+static void
+gen_params(FunctionCallInfo fcinfo, const char *fn, GenParams *p)
+{
+	p->max_tokens = PG_ARGISNULL(1) ? 64 : PG_GETARG_INT32(1);
+	p->temperature = PG_ARGISNULL(2) ? 1.0 : PG_GETARG_FLOAT8(2);
+	p->topk = PG_ARGISNULL(3) ? 50 : PG_GETARG_INT32(3);
+	p->topp = PG_ARGISNULL(4) ? 0.95 : PG_GETARG_FLOAT8(4);
+	p->eos = PG_ARGISNULL(6) ? PGLLM_EOS_DEFAULT : PG_GETARG_INT32(6);
+	p->seed = PG_ARGISNULL(7) ? random_seed64() : (uint64) (uint32) PG_GETARG_INT32(7);
+	p->repetition_penalty = PG_ARGISNULL(8) ? 1.0 : PG_GETARG_FLOAT8(8);
+	p->stop = NULL;
+	p->nstop = 0;
+
+	if (p->max_tokens < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: max_tokens must not be negative, got %d", fn, p->max_tokens)));
+	if (!(p->temperature >= 0) || isinf(p->temperature))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: temperature must be a finite number >= 0 (0 is greedy), got %g",
+						fn, p->temperature)));
+	if (p->topk < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: topk must not be negative (0 turns it off), got %d", fn, p->topk)));
+	if (!(p->topp > 0 && p->topp <= 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: topp must lie in (0, 1] (1 turns it off), got %g", fn, p->topp)));
+	if (!(p->repetition_penalty > 0) || isinf(p->repetition_penalty))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: repetition_penalty must be a positive number (1 turns it off), got %g",
+						fn, p->repetition_penalty)));
+	if (PG_NARGS() > 9 && !PG_ARGISNULL(9))
+	{
+		ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(9);
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n,
+					i;
+
+		if (ARR_NDIM(arr) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("%s: stop must be a one-dimensional text array", fn)));
+		deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+		p->stop = palloc(sizeof(char *) * Max(n, 1));
+		for (i = 0; i < n; i++)
+		{
+			if (nulls[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("%s: stop must not contain NULL", fn)));
+			p->stop[p->nstop] = TextDatumGetCString(elems[i]);
+			if (p->stop[p->nstop][0] != '\0')
+				p->nstop++;
+		}
+	}
+}
+
+/* the prompt's tokens; an empty prompt starts from <|endoftext|>, as GPT-2
+ * does for unconditional samples */
+static int32 *
+prompt_tokens(PgllmBPE *bpe, text *prompt, int32 eos, const PgllmGPT2Config *cfg,
+			  const char *fn, int64 *n)
+{
+	int32	   *ids = pgllm_encode_text(bpe, VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt), n);
+
+	if (*n == 0)
+	{
+		if (eos < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s: the prompt is empty and there is no eos_token to start from", fn)));
+		ids = palloc(sizeof(int32));
+		ids[0] = eos;
+		*n = 1;
+	}
+	pgllm_check_tokens(ids, *n, cfg, fn, "the prompt");
+	return ids;
+}
+
+static int32
+resolve_eos(int32 eos, PgllmBPE *bpe, const PgllmGPT2Config *cfg, const char *fn)
+{
+	if (eos == PGLLM_EOS_DEFAULT)
+	{
+		eos = pgllm_bpe_special_id(bpe, (const uint8 *) "<|endoftext|>", 13);
+		return eos < cfg->vocab ? eos : -1;
+	}
+	if (eos < 0 || eos >= cfg->vocab)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: eos_token %d is outside the vocabulary [0, %lld)", fn, eos,
+						(long long) cfg->vocab)));
+	return eos;
+}
+
+static void
+check_context(int64 n_prompt, int64 max_tokens, const PgllmGPT2Config *cfg, const char *fn)
+{
+	if (n_prompt + max_tokens > cfg->n_positions)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s: the prompt's %lld tokens plus max_tokens %lld exceed the model's context of %lld positions",
+						fn, (long long) n_prompt, (long long) max_tokens,
+						(long long) cfg->n_positions),
+				 errhint("Shorten the prompt or ask for at most %lld tokens.",
+						 (long long) Max(cfg->n_positions - n_prompt, 0))));
+}
+
+/* ---------------------------------------------------------------------------
+ * sampling loop
+ * ------------------------------------------------------------------------- */
+static void
+gen_start(GenState *g, const char *model_name, text *prompt, const char *fn)
+{
+	const PgllmGPT2Config *cfg;
+	int32	   *prompt_ids;
+
+	g->model = pgllm_model_acquire(model_name);
+	cfg = &g->model->cfg;
+	g->bpe = pgllm_tokenizer_get(model_name);
+	g->p.eos = resolve_eos(g->p.eos, g->bpe, cfg, fn);
+	prompt_ids = prompt_tokens(g->bpe, prompt, g->p.eos, cfg, fn, &g->n_prompt);
+	check_context(g->n_prompt, g->p.max_tokens, cfg, fn);
+	g->kv_cap = Max(g->n_prompt + g->p.max_tokens, 1);
+	g->tokens = palloc(sizeof(int32) * g->kv_cap);
+	memcpy(g->tokens, prompt_ids, sizeof(int32) * g->n_prompt);
+	g->n = g->n_prompt;
+	g->kv = pgllm_alloc_floats(cfg->n_layer * 2 * g->kv_cap * cfg->n_embd, "KV cache");
+	g->work = pgllm_alloc_floats(pgllm_gpt2_work_floats(cfg, 1, g->n_prompt), "activations");
+	g->logits = pgllm_alloc_floats(cfg->vocab, "logits");
+	g->sample_work = pgllm_alloc_floats(2 * cfg->vocab, "sampling scratch");
+	g->logits_ready = false;
+	g->done = g->p.max_tokens == 0;
+	g->emitted_len = 0;
+}
+
+/* make logits hold the distribution of the next token */
+static void
+gen_forward(GenState *g)
+{
+	const PgllmGPT2Config *cfg = &g->model->cfg;
+
+	if (g->logits_ready)
+		return;
+	if (g->n == g->n_prompt)	/* prefill */
+		PGLLM_KERNEL(pgllm_gpt2_forward_cached(cfg, g->model->params, g->tokens, 1, g->n_prompt,
+											   0, g->kv, g->kv_cap, g->work, g->logits, 0,
+											   pgllm_cancel));
+	else
+		PGLLM_KERNEL(pgllm_gpt2_forward_cached(cfg, g->model->params, g->tokens + g->n - 1, 1, 1,
+											   g->n - 1, g->kv, g->kv_cap, g->work, g->logits,
+											   0, pgllm_cancel));
+	g->logits_ready = true;
+}
+
+/* sample the next token; returns it (the caller appends it unless it is eos) */
+static int32
+gen_sample(GenState *g)
+{
+	int32		tok;
+
+	gen_forward(g);
+	tok = pgllm_sample_token(g->logits, g->model->cfg.vocab, g->tokens, g->n,
+							 (float) g->p.repetition_penalty, (float) g->p.temperature,
+							 g->p.topk, (float) g->p.topp, g->p.seed, (uint64) (g->n - g->n_prompt),
+							 g->sample_work);
+	if (tok < 0)
+		elog(ERROR, "pg_llm: sampling failed");
+	g->logits_ready = false;
+	return tok;
+}
+
+/* text generated so far (sanitized); *stop_at gets the byte where the first
+ * stop string starts, or -1 */
+static char *
+gen_text(GenState *g, bool hold_incomplete, int64 *stop_at)
+{
+	char	   *s = pgllm_decode_text(g->bpe, g->tokens + g->n_prompt, g->n - g->n_prompt,
+									  hold_incomplete, NULL);
+	int			i;
+
+	*stop_at = -1;
+	for (i = 0; i < g->p.nstop; i++)
+	{
+		char	   *hit = strstr(s, g->p.stop[i]);
+
+		if (hit && (*stop_at < 0 || hit - s < *stop_at))
+			*stop_at = hit - s;
+	}
+	return s;
+}
+
+/* ---------------------------------------------------------------------------
+ * llm_generate
+ * ------------------------------------------------------------------------- */
+PG_FUNCTION_INFO_V1(pg_llm_generate);
+Datum
+pg_llm_generate(PG_FUNCTION_ARGS)
+{
+	GenState	g;
+	char	   *model_name;
+	char	   *out;
+	int64		stop_at = -1;
+	int			i;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	memset(&g, 0, sizeof(g));
+	gen_params(fcinfo, "llm_generate", &g.p);
+	model_name = pgllm_model_name_arg(fcinfo, 5);
+	gen_start(&g, model_name, PG_GETARG_TEXT_PP(0), "llm_generate");
+	for (i = 0; i < g.p.max_tokens; i++)
+	{
+		int32		tok = gen_sample(&g);
+
+		if (tok == g.p.eos)
+			break;
+		g.tokens[g.n++] = tok;
+		if (g.p.nstop > 0)
+		{
+			(void) gen_text(&g, false, &stop_at);
+			if (stop_at >= 0)
+				break;
+		}
+	}
+	out = gen_text(&g, false, &stop_at);
+	if (stop_at >= 0)
+		out[stop_at] = '\0';
+	pgllm_model_release(g.model);
+	PG_RETURN_TEXT_P(cstring_to_text(out));
+}
+
+/* ---------------------------------------------------------------------------
+ * llm_generate_stream: one row per token, computed when the row is fetched
+ * ------------------------------------------------------------------------- */
+static void
+stream_cleanup(Datum arg)
+{
+	GenState   *g = (GenState *) DatumGetPointer(arg);
+
+	if (g->model)
+		pgllm_model_release(g->model);
+	g->model = NULL;
+}
+
+PG_FUNCTION_INFO_V1(pg_llm_generate_stream);
+Datum
+pg_llm_generate_stream(PG_FUNCTION_ARGS)
+{
+	FuncCallContext *fctx;
+	GenState   *g;
+	int32		tok;
+	int64		stop_at;
+	char	   *full;
+	int64		len;
+	bool		complete = false;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+	HeapTuple	tup;
+
+	if (SRF_IS_FIRSTCALL())
+	{
+		MemoryContext old;
+		TupleDesc	tupdesc;
+		ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+		fctx = SRF_FIRSTCALL_INIT();
+		if (PG_ARGISNULL(0))
+			SRF_RETURN_DONE(fctx);
+		old = MemoryContextSwitchTo(fctx->multi_call_memory_ctx);
+		g = palloc0(sizeof(GenState));
+		gen_params(fcinfo, "llm_generate_stream", &g->p);
+		gen_start(g, pgllm_model_name_arg(fcinfo, 5), PG_GETARG_TEXT_PP(0),
+				  "llm_generate_stream");
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "llm_generate_stream must return a row type");
+		fctx->tuple_desc = BlessTupleDesc(tupdesc);
+		fctx->user_fctx = g;
+		/* unpin the model however the scan ends (a cursor may be closed early) */
+		if (rsinfo && rsinfo->econtext)
+			RegisterExprContextCallback(rsinfo->econtext, stream_cleanup, PointerGetDatum(g));
+		MemoryContextSwitchTo(old);
+	}
+	fctx = SRF_PERCALL_SETUP();
+	g = (GenState *) fctx->user_fctx;
+	if (g->done)
+	{
+		stream_cleanup(PointerGetDatum(g));
+		SRF_RETURN_DONE(fctx);
+	}
+
+	tok = gen_sample(g);
+	if (tok == g->p.eos)
+		complete = true;
+	else
+		g->tokens[g->n++] = tok;
+	if (g->n - g->n_prompt >= g->p.max_tokens)
+		complete = true;
+	full = gen_text(g, !complete, &stop_at);
+	if (stop_at >= 0)
+	{
+		full[stop_at] = '\0';
+		complete = true;
+	}
+	len = strlen(full);
+	values[0] = Int32GetDatum((int32) fctx->call_cntr + 1);
+	values[1] = Int32GetDatum(tok);
+	/* the new text since the previous row: bytes of an unfinished character
+	 * wait for the token that completes them */
+	values[2] = PointerGetDatum(cstring_to_text(len > g->emitted_len ? full + g->emitted_len : ""));
+	values[3] = PointerGetDatum(cstring_to_text(full));
+	values[4] = BoolGetDatum(complete);
+	if (len > g->emitted_len)
+		g->emitted_len = len;
+	g->done = complete;
+	tup = heap_form_tuple(fctx->tuple_desc, values, nulls);
+	SRF_RETURN_NEXT(fctx, HeapTupleGetDatum(tup));
+}
+
+/* ---------------------------------------------------------------------------
+ * llm_beam_search(prompt, beam_width, max_tokens, model_name, length_penalty,
+ *                 eos_token) -> TABLE(rank, score, token_ids, text)
+ * ------------------------------------------------------------------------- */
+typedef struct Hyp
+{
+	int32	   *ids;			/* generated tokens (without eos) */
+	int			len;
+	double		sum_logprob;
+	double		score;
+} Hyp;
+
+static double
+hyp_score(double sum_logprob, int len, double length_penalty)
+{
+	return sum_logprob / pow((double) Max(len, 1), length_penalty);
+}
+
+static int
+hyp_cmp(const void *a, const void *b)
+{
+	double		x = ((const Hyp *) a)->score;
+	double		y = ((const Hyp *) b)->score;
+
+	return (x < y) - (x > y);
+}
+
+PG_FUNCTION_INFO_V1(pg_llm_beam_search);
+Datum
+pg_llm_beam_search(PG_FUNCTION_ARGS)
+{
+	const char *fn = "llm_beam_search";
+	text	   *prompt;
+	int32		beam = PG_ARGISNULL(1) ? 4 : PG_GETARG_INT32(1);
+	int32		max_tokens = PG_ARGISNULL(2) ? 32 : PG_GETARG_INT32(2);
+	char	   *model_name;
+	double		lp = PG_ARGISNULL(4) ? 1.0 : PG_GETARG_FLOAT8(4);
+	int32		eos = (PG_NARGS() > 5 && !PG_ARGISNULL(5)) ? PG_GETARG_INT32(5) : PGLLM_EOS_DEFAULT;
+	PgllmModel *m;
+	const PgllmGPT2Config *cfg;
+	PgllmBPE   *bpe;
+	ReturnSetInfo *rsinfo;
+	int32	   *prompt_ids;
+	int64		n_prompt,
+				V,
+				kv_cap,
+				step,
+				ncand;
+	float	   *kv,
+			   *kv_scratch,
+			   *work,
+			   *logits;
+	int64	   *cand;
+	int32	   *cur;			/* beams' generated tokens (beam x max_tokens) */
+	int32	   *nxt;
+	double	   *scores,
+			   *nscores;
+	int32	   *parent,
+			   *last;
+	Hyp		   *done;
+	int			ndone = 0,
+				b,
+				i;
+	int			live;
+	int			glen = 1;		/* tokens generated by the live beams */
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s: prompt must not be NULL", fn)));
+	prompt = PG_GETARG_TEXT_PP(0);
+	if (beam < 1 || beam > 64)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: beam_width must lie in [1, 64], got %d", fn, beam)));
+	if (max_tokens < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: max_tokens must be positive, got %d", fn, max_tokens)));
+	if (isnan(lp) || isinf(lp))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s: length_penalty must be a finite number", fn)));
+	model_name = pgllm_model_name_arg(fcinfo, 3);
+	rsinfo = pgllm_materialized_srf(fcinfo);
+	m = pgllm_model_acquire(model_name);
+	cfg = &m->cfg;
+	V = cfg->vocab;
+	bpe = pgllm_tokenizer_get(model_name);
+	eos = resolve_eos(eos, bpe, cfg, fn);
+	prompt_ids = prompt_tokens(bpe, prompt, eos, cfg, fn, &n_prompt);
+	check_context(n_prompt, max_tokens, cfg, fn);
+	if (beam > V)
+		beam = (int32) V;
+	kv_cap = n_prompt + max_tokens;
+	kv = pgllm_alloc_floats(beam * cfg->n_layer * 2 * kv_cap * cfg->n_embd, "KV cache");
+	kv_scratch = pgllm_alloc_floats(beam * cfg->n_layer * 2 * kv_cap * cfg->n_embd, "KV cache");
+	work = pgllm_alloc_floats(pgllm_gpt2_work_floats(cfg, 1, n_prompt) +
+							  pgllm_gpt2_work_floats(cfg, beam, 1), "activations");
+	logits = pgllm_alloc_floats(beam * V, "logits");
+	ncand = 2 * beam;
+	cand = palloc(sizeof(int64) * ncand);
+	cur = palloc0(sizeof(int32) * beam * max_tokens);
+	nxt = palloc0(sizeof(int32) * beam * max_tokens);
+	scores = palloc0(sizeof(double) * beam);
+	nscores = palloc0(sizeof(double) * beam);
+	parent = palloc(sizeof(int32) * beam);
+	last = palloc(sizeof(int32) * beam);
+	done = palloc0(sizeof(Hyp) * (beam * (max_tokens + 1) + beam));
+
+	/* prefill the prompt once, in beam 0, and copy its cache to the others */
+	PGLLM_KERNEL(pgllm_gpt2_forward_cached(cfg, m->params, prompt_ids, 1, n_prompt, 0, kv, kv_cap,
+										   work, logits, 0, pgllm_cancel));
+	for (b = 0; b < beam; b++)
+		parent[b] = 0;
+	PGLLM_KERNEL(pgllm_gpt2_kv_reorder(cfg, kv, beam, kv_cap, n_prompt, parent, kv_scratch));
+	PGLLM_KERNEL(pgllm_log_softmax(logits, 1, V, pgllm_cancel));
+	/* the first step expands the single prompt */
+	live = 0;
+	{
+		int64	   *top = palloc(sizeof(int64) * ncand);
+
+		PGLLM_KERNEL(pgllm_topk(logits, V, Min(ncand, V), top));
+		for (i = 0; i < Min(ncand, V) && live < beam; i++)
+		{
+			if (top[i] == eos)
+			{
+				done[ndone].ids = NULL;
+				done[ndone].len = 0;
+				done[ndone].sum_logprob = logits[top[i]];
+				done[ndone].score = hyp_score(logits[top[i]], 1, lp);
+				ndone++;
+				continue;
+			}
+			cur[live * max_tokens] = (int32) top[i];
+			scores[live] = logits[top[i]];
+			last[live] = (int32) top[i];
+			live++;
+		}
+	}
+
+	for (step = 1; step < max_tokens && live > 0; step++)
+	{
+		int			nlive = 0;
+		double		worst_done = 0;
+
+		/* one forward for all live beams (each one token at position n_prompt+step-1) */
+		PGLLM_KERNEL(pgllm_gpt2_forward_cached(cfg, m->params, last, live, 1, n_prompt + step - 1,
+											   kv, kv_cap, work, logits, 0, pgllm_cancel));
+		PGLLM_KERNEL(pgllm_log_softmax(logits, live, V, pgllm_cancel));
+		for (b = 0; b < live; b++)
+		{
+			int64		j;
+			float	   *row = logits + b * V;
+
+			for (j = 0; j < V; j++)
+				row[j] = (float) (row[j] + scores[b]);
+		}
+		PGLLM_KERNEL(pgllm_topk(logits, live * V, Min(ncand, live * V), cand));
+		for (i = 0; i < Min(ncand, live * V) && nlive < beam; i++)
+		{
+			int			pb = (int) (cand[i] / V);
+			int32		tok = (int32) (cand[i] % V);
+			double		sc = logits[cand[i]];
+
+			if (tok == eos)
+			{
+				done[ndone].ids = palloc(sizeof(int32) * step);
+				memcpy(done[ndone].ids, cur + pb * max_tokens, sizeof(int32) * step);
+				done[ndone].len = (int) step;
+				done[ndone].sum_logprob = sc;
+				done[ndone].score = hyp_score(sc, (int) step, lp);
+				ndone++;
+				continue;
+			}
+			memcpy(nxt + nlive * max_tokens, cur + pb * max_tokens, sizeof(int32) * step);
+			nxt[nlive * max_tokens + step] = tok;
+			nscores[nlive] = sc;
+			parent[nlive] = pb;
+			nlive++;
+		}
+		/* new beams take their parents' caches */
+		PGLLM_KERNEL(pgllm_gpt2_kv_reorder(cfg, kv, nlive, kv_cap, n_prompt + step, parent, kv_scratch));
+		memcpy(cur, nxt, sizeof(int32) * beam * max_tokens);
+		for (b = 0; b < nlive; b++)
+		{
+			scores[b] = nscores[b];
+			last[b] = cur[b * max_tokens + step];
+		}
+		live = nlive;
+		glen = (int) step + 1;
+		/* done when enough hypotheses ended and no live beam can do better */
+		if (ndone >= beam && live > 0)
+		{
+			qsort(done, ndone, sizeof(Hyp), hyp_cmp);
+			worst_done = done[beam - 1].score;
+			if (hyp_score(scores[0], glen, lp) < worst_done)
+				break;
+		}
+	}
+	/* beams still running count as hypotheses of their current length */
+	for (b = 0; b < live; b++)
+	{
+		done[ndone].ids = palloc(sizeof(int32) * glen);
+		memcpy(done[ndone].ids, cur + b * max_tokens, sizeof(int32) * glen);
+		done[ndone].len = glen;
+		done[ndone].sum_logprob = scores[b];
+		done[ndone].score = hyp_score(scores[b], glen, lp);
+		ndone++;
+	}
+	qsort(done, ndone, sizeof(Hyp), hyp_cmp);
+	for (i = 0; i < Min(ndone, beam); i++)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		values[0] = Int32GetDatum(i + 1);
+		values[1] = Float8GetDatum(done[i].score);
+		values[2] = PointerGetDatum(pgllm_int4_array_build(done[i].ids, done[i].len));
+		values[3] = PointerGetDatum(cstring_to_text(pgllm_decode_text(bpe, done[i].ids, done[i].len,
+																	   false, NULL)));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	pgllm_model_release(m);
+	return (Datum) 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * llm_perplexity(text, model) -> exp(mean next-token loss), with sliding
+ * windows of the context length (stride half of it) for long texts
+ * ------------------------------------------------------------------------- */
+PG_FUNCTION_INFO_V1(pg_llm_perplexity);
+Datum
+pg_llm_perplexity(PG_FUNCTION_ARGS)
+{
+	char	   *model_name;
+	PgllmModel *m;
+	PgllmBPE   *bpe;
+	text	   *t;
+	int32	   *ids;
+	int64		n,
+				maxT,
+				stride,
+				begin,
+				scored = 0,
+				count = 0;
+	double		nll = 0;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	t = PG_GETARG_TEXT_PP(0);
+	model_name = pgllm_model_name_arg(fcinfo, 1);
+	m = pgllm_model_acquire(model_name);
+	bpe = pgllm_tokenizer_get(model_name);
+	ids = pgllm_encode_text(bpe, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), &n);
+	if (n < 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("llm_perplexity: the text must encode to at least 2 tokens, got %lld",
+						(long long) n)));
+	pgllm_check_tokens(ids, n, &m->cfg, "llm_perplexity", "the text");
+	maxT = m->cfg.n_positions;
+	stride = Max(maxT / 2, 1);
+	scored = 0;					/* tokens [1, scored] have been scored */
+	for (begin = 0;; begin += stride)
+	{
+		int64		end = Min(begin + maxT, n);
+		int64		T = end - begin;
+		float	   *logits = pgllm_forward_all(m, ids + begin, T);
+		float	   *losses = pgllm_alloc_floats(T, "losses");
+		int64		first = Max(scored + 1, begin + 1);	/* first target to score */
+		int64		k = end - first;
+
+		if (k > 0)
+		{
+			PGLLM_KERNEL(pgllm_cross_entropy_forward(logits + (first - 1 - begin) * m->cfg.vocab,
+													 ids + first, losses, k, m->cfg.vocab,
+													 pgllm_cancel));
+			nll += pgllm_mean(losses, k) * k;
+			count += k;
+			scored = end - 1;
+		}
+		pfree(logits);
+		pfree(losses);
+		if (end == n)
+			break;
+	}
+	pgllm_model_release(m);
+	PG_RETURN_FLOAT8(exp(nll / count));
+}
