@@ -277,6 +277,66 @@ int			pgllm_parse_merges(const PgllmBPE *bpe, const uint8_t *text, int64_t len,
 							   int32_t *left, int32_t *right, int32_t *merged, int64_t cap,
 							   int64_t *count, int64_t *err_line);
 
+/* ---- checkpoint files: .npz (zip of .npy) and .safetensors ----
+ * Parsers of outside bytes: every read is bounds-checked; malformed input
+ * returns PGLLM_EFORMAT, never reads outside the buffer. */
+typedef struct PgllmZipEntry
+{
+	int64_t		name_off;		/* within the central directory buffer */
+	int64_t		name_len;
+	int32_t		method;			/* 0 stored, 8 deflated */
+	uint32_t	crc32;
+	int64_t		csize;			/* compressed size */
+	int64_t		usize;			/* uncompressed size */
+	int64_t		local_offset;	/* of the local file header */
+} PgllmZipEntry;
+
+/* From the last tail_len bytes of a file of file_size bytes: where the
+ * central directory is and how many entries it has (zip64 aware). */
+int			pgllm_zip_find_cd(const uint8_t *tail, int64_t tail_len, int64_t file_size,
+							  int64_t *cd_offset, int64_t *cd_size, int64_t *n_entries);
+/* the entry at *pos of the central directory; advances *pos */
+int			pgllm_zip_next_entry(const uint8_t *cd, int64_t cd_len, int64_t *pos,
+								 PgllmZipEntry *e);
+/* from a local file header (at least 30 bytes): bytes before the data */
+int			pgllm_zip_local_header_len(const uint8_t *hdr, int64_t len, int64_t *data_skip);
+/* raw deflate -> exactly out_len bytes */
+int			pgllm_inflate(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len);
+uint32_t	pgllm_crc32(uint32_t crc, const uint8_t *buf, int64_t len);
+
+/* .npy header (first bytes of the member): float32 little-endian only
+ * (*is_f32), shape (ndim <= 8), fortran order, and where the data starts */
+int			pgllm_npy_parse_header(const uint8_t *buf, int64_t len, int64_t *data_offset,
+								   int *is_f32, int *fortran, int64_t *shape, int *ndim);
+/* .npy header for a C-order float32 array; returns its length (out: 256+) */
+int64_t		pgllm_npy_build_header(const int64_t *shape, int ndim, uint8_t *out);
+
+/* zip records written around stored members (zip64 where needed); each
+ * returns its length.  out needs 128 bytes + name. */
+int64_t		pgllm_zip_local_header(const uint8_t *name, int64_t name_len, uint32_t crc,
+								   int64_t size, uint8_t *out);
+int64_t		pgllm_zip_central_header(const uint8_t *name, int64_t name_len, uint32_t crc,
+									 int64_t size, int64_t local_offset, uint8_t *out);
+int64_t		pgllm_zip_end_records(int64_t n_entries, int64_t cd_offset, int64_t cd_size,
+								  uint8_t *out);
+
+/* .safetensors: an 8-byte little-endian header length, a JSON header
+ * {"name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, ...},
+ * then the data.  Pass 1 (names == NULL) counts entries and name bytes;
+ * pass 2 fills per-entry arrays (names decoded into names, offsets into
+ * name_off/name_len; dtype 1 = F32, 0 = other; shapes 8 per entry). */
+int			pgllm_safetensors_parse(const uint8_t *json, int64_t len, int64_t *n_entries,
+									int64_t *names_len, uint8_t *names, int64_t *name_off,
+									int64_t *name_len, int32_t *dtype, int32_t *ndim,
+									int64_t *shapes, int64_t *begin, int64_t *end,
+									int64_t *err_pos);
+/* the JSON header for tensors (names sorted by the caller), padded with
+ * spaces to a multiple of 8; returns its length (pass out == NULL to size) */
+int64_t		pgllm_safetensors_build_header(int64_t n, const uint8_t *const *names,
+										   const int64_t *name_len, const int32_t *ndim,
+										   const int64_t *shapes, const int64_t *begin,
+										   const int64_t *end, uint8_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -290,3 +290,16 @@ COMMENT ON FUNCTION llm_beam_search(text, int, int, text, float8, int)
 CREATE FUNCTION llm_perplexity(text text, model text DEFAULT NULL) RETURNS float8
 AS 'MODULE_PATHNAME', 'pg_llm_perplexity' LANGUAGE C STABLE;
 COMMENT ON FUNCTION llm_perplexity(text, text) IS 'exp of the mean next-token loss (sliding windows of the context length for long texts)';
+
+-- ===========================================================================
+-- Weights files
+-- ===========================================================================
+CREATE FUNCTION pg_llm_import_npz(path text, model text, n_head int DEFAULT NULL) RETURNS bigint
+AS 'MODULE_PATHNAME', 'pg_llm_import_npz' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION pg_llm_import_npz(text, text, int)
+    IS 'GPT-2 weights from a server .npz (np.savez / np.savez_compressed) or .safetensors file with HuggingFace names; replaces the model''s parameters; returns their number';
+
+CREATE FUNCTION pg_llm_export_npz(path text, model text) RETURNS bigint
+AS 'MODULE_PATHNAME', 'pg_llm_export_npz' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION pg_llm_export_npz(text, text)
+    IS 'the model''s parameters to a server file, .npz or .safetensors by the extension, HuggingFace names and shapes; returns the bytes written';

@@ -429,19 +429,38 @@ shape_datum(int64 rows, int64 cols)
 										   TYPALIGN_INT));
 }
 
+/*
+ * A tensor of a parameter buffer as a bytea, in place: the 4 bytes before it
+ * (the previous tensor's last float, or the buffer's prefix) become the
+ * varlena header for the duration of one INSERT, then are restored.  Saves
+ * copying (and page-faulting in) the whole model once more on every write.
+ */
 static bytea *
-tensor_bytea(const float *buf, int64 off, int64 count)
+wrap_tensor(float *buf, int64 off, int64 count, char *saved)
 {
-	float	   *dst;
-	bytea	   *b = pgllm_new_tensor(count, &dst);
+	char	   *hdr = (char *) (buf + off) - VARHDRSZ;
 
-	memcpy(dst, buf + off, count * sizeof(float));
-	return b;
+	memcpy(saved, hdr, VARHDRSZ);
+	SET_VARSIZE(hdr, VARHDRSZ + count * sizeof(float));
+	return (bytea *) hdr;
+}
+
+static void
+unwrap_tensor(float *buf, int64 off, const char *saved)
+{
+	memcpy((char *) (buf + off) - VARHDRSZ, saved, VARHDRSZ);
+}
+
+float *
+pgllm_alloc_params(int64 n, const char *what)
+{
+	/* a prefix so that the first tensor, too, can be wrapped in place */
+	return pgllm_alloc_floats(n + 16, what) + 16;
 }
 
 void
-pgllm_params_write(const char *name, const PgllmGPT2Config *cfg, const float *params,
-				   const float *m, const float *v, bool replace)
+pgllm_params_write(const char *name, const PgllmGPT2Config *cfg, float *params, float *m,
+				   float *v, bool replace)
 {
 	SPIPlanPtr	plan;
 	int			i,
@@ -470,8 +489,7 @@ pgllm_params_write(const char *name, const PgllmGPT2Config *cfg, const float *pa
 	for (i = 0; i < n; i++)
 	{
 		int			kind,
-					layer,
-					t;
+					layer;
 		char	   *tname = pgllm_param_name(cfg, i, &kind, &layer);
 		int64		rows,
 					cols,
@@ -479,31 +497,28 @@ pgllm_params_write(const char *name, const PgllmGPT2Config *cfg, const float *pa
 					off = pgllm_param_offset(cfg, kind, layer, &count);
 		Datum		values[6];
 		char		nulls[6] = {' ', ' ', ' ', ' ', m ? ' ' : 'n', v ? ' ' : 'n'};
-		bytea	   *tensors[3] = {NULL, NULL, NULL};
+		char		saved[3][VARHDRSZ];
 
 		CHECK_FOR_INTERRUPTS();
 		table_shape(cfg, kind, &rows, &cols);
-		tensors[0] = tensor_bytea(params, off, count);
-		if (m)
-			tensors[1] = tensor_bytea(m, off, count);
-		if (v)
-			tensors[2] = tensor_bytea(v, off, count);
 		values[0] = CStringGetTextDatum(name);
 		values[1] = CStringGetTextDatum(tname);
 		values[2] = shape_datum(rows, cols);
-		values[3] = PointerGetDatum(tensors[0]);
-		values[4] = PointerGetDatum(tensors[1]);
-		values[5] = PointerGetDatum(tensors[2]);
+		values[3] = PointerGetDatum(wrap_tensor(params, off, count, saved[0]));
+		values[4] = m ? PointerGetDatum(wrap_tensor(m, off, count, saved[1])) : (Datum) 0;
+		values[5] = v ? PointerGetDatum(wrap_tensor(v, off, count, saved[2])) : (Datum) 0;
 		rc = SPI_execute_plan(plan, values, nulls, false, 0);
+		unwrap_tensor(params, off, saved[0]);
+		if (m)
+			unwrap_tensor(m, off, saved[1]);
+		if (v)
+			unwrap_tensor(v, off, saved[2]);
 		if ((replace && rc != SPI_OK_INSERT) || (!replace && rc != SPI_OK_UPDATE) ||
 			SPI_processed != 1)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("pg_llm: writing parameter \"%s\" of model \"%s\" failed",
 							tname, name)));
-		for (t = 0; t < 3; t++)
-			if (tensors[t])
-				pfree(tensors[t]);
 	}
 	SPI_finish();
 	pgllm_model_bump_version(name);
@@ -812,12 +827,11 @@ pg_llm_create_model(PG_FUNCTION_ARGS)
 	pgllm_config_check(&cfg, "llm_create_model");
 
 	n = pgllm_gpt2_param_sizes(&cfg, sizes);
-	params = pgllm_alloc_floats(n, "model parameters");
+	params = pgllm_alloc_params(n, "model parameters");
 	config_upsert(name, &cfg);
 	pgllm_threads_prepare();
 	pgllm_kernel_status(pgllm_gpt2_init(&cfg, params, seed), "gpt2_init");
 	pgllm_params_write(name, &cfg, params, NULL, NULL, true);
-	pfree(params);
 	PG_RETURN_INT64(n);
 }
 

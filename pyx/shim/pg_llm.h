@@ -151,11 +151,15 @@ extern void pgllm_model_release(PgllmModel *m);
 extern bool pgllm_params_read(const char *name, const PgllmGPT2Config *cfg,
 							  const char *column, float *dest);
 
-/* write every tensor of a model (kernels' layout -> HuggingFace layout);
- * m and v may be NULL; a new version is taken */
-extern void pgllm_params_write(const char *name, const PgllmGPT2Config *cfg,
-							   const float *params, const float *m, const float *v,
-							   bool replace);
+/* a parameter buffer (n floats) that pgllm_params_write can write from */
+extern float *pgllm_alloc_params(int64 n, const char *what);
+
+/* write every tensor of a model from buffers made by pgllm_alloc_params
+ * (their contents are unchanged afterwards); m and v may be NULL; replace:
+ * the model's rows are deleted and inserted, else updated.  Takes a new
+ * version. */
+extern void pgllm_params_write(const char *name, const PgllmGPT2Config *cfg, float *params,
+							   float *m, float *v, bool replace);
 
 /*
  * HuggingFace name (with or without "transformer.") -> tensor kind, layer,
