@@ -111,6 +111,18 @@ def to_flat(cfg: GPT2Config, state: dict) -> np.ndarray:
     return out
 
 
+def flat_from_table(cfg: GPT2Config, tensors: dict) -> np.ndarray:
+    """llm_param's tensors (already (out, in)) -> the kernels' parameter buffer."""
+    parts = []
+    for name in param_names(cfg):
+        t = np.asarray(tensors[name], dtype=np.float32)
+        shape = hf_shape(cfg, name)
+        transposed = any(name.endswith(p.split("{l}.")[-1]) and tr for p, _, tr in PARAM_KINDS)
+        assert t.shape == (shape[::-1] if transposed else shape), f"{name}: {t.shape}"
+        parts.append(t.reshape(-1))
+    return np.concatenate(parts)
+
+
 def from_flat(cfg: GPT2Config, flat: np.ndarray) -> dict:
     """The kernels' parameter buffer -> HuggingFace-named arrays."""
     assert flat.size == num_params(cfg), f"{flat.size} != {num_params(cfg)}"

@@ -14,6 +14,19 @@ import numpy as np
 
 from pg_llm_cy import _kernels as _k
 from pg_llm_cy._kernels import (  # noqa: F401  (re-exported)
+    Tokenizer,
+    gpt2_forward_cached,
+    gpt2_init,
+    gpt2_param_sizes,
+    inflate_raw,
+    npy_build_header,
+    npy_parse_header,
+    parse_vocab_json,
+    pre_tokenize,
+    safetensors_parse,
+    sample_token,
+    sanitize_utf8,
+    zip_entries,
     adamw_step as adamw_step_inplace,
     all_finite,
     clip_by_norm,
@@ -252,3 +265,14 @@ def rand_uniform(seed: int, n: int) -> np.ndarray:
     out = np.empty(n, np.float32)
     rand_uniform_into(seed, out)
     return out
+
+
+# --- GPT-2 -------------------------------------------------------------------
+def gpt2_logits(flat, cfg, tokens) -> np.ndarray:
+    """(T, vocab) logits of one sequence; flat is the kernels' parameter buffer."""
+    toks = np.ascontiguousarray(tokens, dtype=np.int32)
+    T = toks.shape[0]
+    kv = np.zeros(cfg.n_layer * 2 * T * cfg.n_embd, np.float32)
+    out = np.empty(T * cfg.vocab, np.float32)
+    gpt2_forward_cached(_f32(flat), cfg.as_tuple(), toks, 1, T, 0, kv, T, out, True)
+    return out.reshape(T, cfg.vocab)

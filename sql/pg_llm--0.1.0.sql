@@ -303,3 +303,8 @@ CREATE FUNCTION pg_llm_export_npz(path text, model text) RETURNS bigint
 AS 'MODULE_PATHNAME', 'pg_llm_export_npz' LANGUAGE C VOLATILE STRICT;
 COMMENT ON FUNCTION pg_llm_export_npz(text, text)
     IS 'the model''s parameters to a server file, .npz or .safetensors by the extension, HuggingFace names and shapes; returns the bytes written';
+
+CREATE FUNCTION pg_llm_backend_stats(OUT tokens_sampled bigint, OUT model_loads bigint,
+                                     OUT cache_hits bigint)
+AS 'MODULE_PATHNAME', 'pg_llm_backend_stats' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION pg_llm_backend_stats() IS 'counters of this backend: tokens generated, models loaded from tables, model cache hits';

@@ -62,3 +62,10 @@ def conn(pg_dsn):
     c = psycopg.connect(pg_dsn, autocommit=True)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def server_dir(cluster):
+    """A directory the server's OS user can read and write (for file functions),
+    inside the cluster's base directory (tmp_path's parents are private)."""
+    return cluster.make_readable_dir(os.path.join(cluster.base, "files"))

@@ -243,6 +243,7 @@ gen_sample(GenState *g)
 							 g->sample_work);
 	if (tok < 0)
 		elog(ERROR, "pg_llm: sampling failed");
+	pgllm_stats.tokens_sampled++;
 	g->logits_ready = false;
 	return tok;
 }

@@ -15,6 +15,7 @@
 
 #include <sys/mman.h>
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -527,6 +528,10 @@ pgllm_params_write(const char *name, const PgllmGPT2Config *cfg, float *params, 
 /* ---------------------------------------------------------------------------
  * the cache
  * ------------------------------------------------------------------------- */
+PgllmStats	pgllm_stats;
+
+static bool model_has_params(const char *name);
+
 static PgllmModel *cache_head = NULL;
 static MemoryContext cache_ctx = NULL;
 static uint64 cache_clock = 0;
@@ -633,6 +638,7 @@ pgllm_model_acquire(const char *name)
 			e->pins++;
 			e->last_used = ++cache_clock;
 			e->hits++;
+			pgllm_stats.cache_hits++;
 			return e;
 		}
 		/* changed since it was cached */
@@ -643,6 +649,11 @@ pgllm_model_acquire(const char *name)
 		break;
 	}
 
+	if (!model_has_params(name))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("model \"%s\" has no parameters", name),
+				 errhint("Import them with pg_llm_import_npz or create them with llm_create_model.")));
 	nfloats = pgllm_gpt2_param_sizes(&cfg, sizes);
 	cache_make_room(name, nfloats * (int64) sizeof(float));
 	if (cache_ctx == NULL)
@@ -679,6 +690,7 @@ pgllm_model_acquire(const char *name)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	pgllm_stats.model_loads++;
 	e->pins = 1;
 	e->last_used = ++cache_clock;
 	e->next = cache_head;
@@ -878,4 +890,21 @@ pg_llm_cache_stats(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* pg_llm_backend_stats() -> (tokens_sampled, model_loads, cache_hits) of this backend */
+PG_FUNCTION_INFO_V1(pg_llm_backend_stats);
+Datum
+pg_llm_backend_stats(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	values[0] = Int64GetDatum(pgllm_stats.tokens_sampled);
+	values[1] = Int64GetDatum(pgllm_stats.model_loads);
+	values[2] = Int64GetDatum(pgllm_stats.cache_hits);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }

@@ -217,6 +217,16 @@ extern char *pgllm_decode_text(PgllmBPE *bpe, const int32 *ids, int64 n, bool ho
 
 extern ArrayType *pgllm_int4_array_build(const int32 *v, int64 n);
 
+/* ---- per-backend counters (pg_llm_backend_stats) ---- */
+typedef struct PgllmStats
+{
+	int64		tokens_sampled;	/* tokens produced by generation */
+	int64		model_loads;	/* models read from the tables */
+	int64		cache_hits;		/* model requests served from the cache */
+} PgllmStats;
+
+extern PgllmStats pgllm_stats;
+
 /* ---- inference (inference.c) ---- */
 
 /* ERROR (22003) unless every token id lies in [0, vocab) */

@@ -1,0 +1,131 @@
+"""pg_llm's command line.
+
+    python -m pg_llm_cy generate "Once upon a time" [--stream] [--model M] ...
+    python -m pg_llm_cy generate --interactive          # a prompt per line
+    python -m pg_llm_cy encode "some text"
+    python -m pg_llm_cy decode 15496 995
+    python -m pg_llm_cy models
+
+The server comes from --dsn, else $PG_LLM_DSN, else libpq's environment
+(PGHOST, PGPORT, PGDATABASE, PGUSER).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import psycopg
+
+from pg_llm_cy.client import Client, default_dsn
+
+
+def _generation_args(p):
+    p.add_argument("--model", help="model name (default: the server's pg_llm.default_model)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    p.add_argument("--topk", type=int, default=50, help="0 turns top-k off")
+    p.add_argument("--topp", type=float, default=0.95, help="1 turns top-p off")
+    p.add_argument("--seed", type=int, help="the same seed gives the same text")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--eos-token", type=int)
+    p.add_argument("--stop", action="append", help="stop before this text (repeatable)")
+
+
+def _gen_kwargs(a):
+    return dict(max_tokens=a.max_tokens, temperature=a.temperature, topk=a.topk, topp=a.topp,
+                model=a.model, seed=a.seed, repetition_penalty=a.repetition_penalty,
+                eos_token=a.eos_token, stop=a.stop)
+
+
+def _run_generate(llm: Client, prompt: str, a, out) -> None:
+    if a.stream:
+        for ev in llm.stream(prompt, **_gen_kwargs(a)):
+            out.write(ev.token)
+            out.flush()
+        out.write("\n")
+    else:
+        out.write(llm.generate(prompt, **_gen_kwargs(a)) + "\n")
+    out.flush()
+
+
+def cmd_generate(llm: Client, a) -> int:
+    if a.interactive:
+        out = sys.stdout
+        if sys.stdin.isatty():
+            out.write("pg_llm: type a prompt and press Enter (Ctrl-D to quit)\n")
+        while True:
+            if sys.stdin.isatty():
+                out.write("> ")
+                out.flush()
+            line = sys.stdin.readline()
+            if not line:
+                return 0
+            prompt = line.rstrip("\n")
+            if prompt:
+                _run_generate(llm, prompt, a, out)
+    if a.prompt is None:
+        print("generate: give a prompt, or --interactive", file=sys.stderr)
+        return 2
+    _run_generate(llm, a.prompt, a, sys.stdout)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pg_llm_cy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dsn", default=None, help="libpq connection string")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="generate text after a prompt")
+    g.add_argument("prompt", nargs="?")
+    g.add_argument("--stream", action="store_true", help="print tokens as they arrive")
+    g.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line")
+    _generation_args(g)
+
+    b = sub.add_parser("beam", help="beam search")
+    b.add_argument("prompt")
+    b.add_argument("--model")
+    b.add_argument("--beam-width", type=int, default=4)
+    b.add_argument("--max-tokens", type=int, default=32)
+    b.add_argument("--length-penalty", type=float, default=1.0)
+
+    e = sub.add_parser("encode", help="token ids of a text")
+    e.add_argument("text")
+    e.add_argument("--model")
+    d = sub.add_parser("decode", help="text of token ids")
+    d.add_argument("ids", nargs="+", type=int)
+    d.add_argument("--model")
+    sub.add_parser("models", help="list the models")
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        with Client(a.dsn if a.dsn is not None else default_dsn()) as llm:
+            if a.cmd == "generate":
+                return cmd_generate(llm, a)
+            if a.cmd == "beam":
+                for beam in llm.beam_search(a.prompt, a.beam_width, a.max_tokens, a.model,
+                                            a.length_penalty):
+                    print(f"{beam.rank}\t{beam.score:.4f}\t{beam.text}")
+                return 0
+            if a.cmd == "encode":
+                print(" ".join(str(i) for i in llm.encode(a.text, a.model)))
+                return 0
+            if a.cmd == "decode":
+                print(llm.decode(a.ids, a.model))
+                return 0
+            if a.cmd == "models":
+                for model, n_params, weights, tok in llm.models():
+                    print(f"{model}\t{n_params}\tweights={'yes' if weights else 'no'}\t"
+                          f"tokenizer={'yes' if tok else 'no'}")
+                return 0
+    except psycopg.Error as e:
+        print(f"pg_llm: {e.diag.message_primary or e}", file=sys.stderr)
+        if e.diag.message_hint:
+            print(f"hint: {e.diag.message_hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2

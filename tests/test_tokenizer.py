@@ -1,0 +1,144 @@
+"""GPT-2's tokenizer: loading, ids equal to tiktoken's GPT-2 encoding (built
+from the same vocab.json and merges.txt) on all of tinyshakespeare and on
+generated Unicode-heavy text, decode(encode(x)) == x, and bad input."""
+import random
+
+import pytest
+import regex
+import tiktoken
+from hypothesis import HealthCheck, given, settings, strategies as st
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+from helpers import assert_sql_error, create_model, load_tokenizer, sql_value
+from pg_llm_cy import kernels as K
+from pg_llm_cy.tokenizer_files import ingest
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+@pytest.fixture(scope="module")
+def tiktoken_gpt2(data_dir):
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=f"{data_dir}/gpt2/merges.txt",
+                                            encoder_json_file=f"{data_dir}/gpt2/vocab.json")
+    return tiktoken.Encoding("gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256})
+
+
+@pytest.fixture(scope="module")
+def tok_model(conn, data_dir):
+    create_model(conn, "tok", d_model=8, n_layer=1, n_head=1, n_positions=8)
+    load_tokenizer(conn, "tok", data_dir)
+    return "tok"
+
+
+@pytest.fixture(scope="module")
+def py_tokenizer(data_dir):
+    return K.Tokenizer.from_files(f"{data_dir}/gpt2/vocab.json", f"{data_dir}/gpt2/merges.txt")
+
+
+# pieces of text exercising every branch of GPT-2's pre-tokenizer
+SEGMENTS = [
+    "Hello", "world", "naïve", "café", "Ångström", "e\u0301", "a\u0308\u0304", "日本語", "中文字符",
+    "한국어", "مرحبا بالعالم", "שלום", "Привет", "Ελληνικά", "हिन्दी", "😀", "👍🏽", "🇫🇷", "👨‍👩‍👧",
+    "12345", "٣٤٥", "Ⅻ", "½", "3.14", "1,000", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d",
+    "don't", "I'M", "''", "'", "<|endoftext|>", " ", "  ", "   ", "\t", "\t\t", "\n", "\n\n",
+    "\r\n", " \n ", "\u00a0", "\u3000", "\u2028", "!!", "?!...", "--", "$%^&*", "(x)", "[y]",
+    "{z}", "@#", "_", "~~", "\\", "/", "\"quoted\"", "\x00", "\x1f", "\u200b", "\ufeff",
+]
+
+
+def unicode_text(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(SEGMENTS) + rng.choice(["", " ", "", "\n", "  "]) for _ in range(n))
+
+
+def test_load_counts(conn, tok_model):
+    assert sql_value(conn, "SELECT count(*) FROM llm_vocab WHERE model = 'tok'") == 50257
+    assert sql_value(conn, "SELECT count(*) FROM llm_merges WHERE model = 'tok'") == 50000
+    assert sql_value(conn, "SELECT special FROM llm_vocab WHERE model = 'tok' AND token_id = 50256")
+    assert sql_value(conn, "SELECT has_tokenizer FROM llm_models WHERE model = 'tok'")
+
+
+def test_shakespeare_matches_tiktoken(conn, tok_model, data_dir, tiktoken_gpt2, py_tokenizer):
+    with open(f"{data_dir}/tinyshakespeare.txt", encoding="utf-8") as f:
+        text = f.read()
+    want = tiktoken_gpt2.encode_ordinary(text)
+    got = sql_value(conn, "SELECT llm_encode(%s, 'tok')", (text,))
+    assert got == want
+    assert py_tokenizer.encode(text).tolist() == want
+    assert sql_value(conn, "SELECT llm_decode(llm_encode(%s, 'tok'), 'tok') = %s", (text, text))
+
+
+def test_generated_unicode_matches_tiktoken(conn, tok_model, tiktoken_gpt2, py_tokenizer):
+    rng = random.Random(20261122)
+    for _ in range(60):
+        text = unicode_text(rng, rng.randint(1, 60))
+        want = tiktoken_gpt2.encode_ordinary(text)
+        assert sql_value(conn, "SELECT llm_encode(%s, 'tok')", (text.replace("\x00", ""),)) == \
+            tiktoken_gpt2.encode_ordinary(text.replace("\x00", "")), repr(text)
+        assert py_tokenizer.encode(text).tolist() == want, repr(text)
+        assert py_tokenizer.decode(want) == text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=80))
+def test_arbitrary_text_matches_tiktoken(py_tokenizer, tiktoken_gpt2, text):
+    ids = tiktoken_gpt2.encode_ordinary(text)
+    assert py_tokenizer.encode(text).tolist() == ids
+    assert py_tokenizer.decode(ids) == text
+
+
+def test_endoftext_is_plain_text(conn, tok_model, tiktoken_gpt2):
+    ids = sql_value(conn, "SELECT llm_encode('a<|endoftext|>b', 'tok')")
+    assert ids == tiktoken_gpt2.encode_ordinary("a<|endoftext|>b") and 50256 not in ids
+    assert sql_value(conn, "SELECT llm_decode(array[50256], 'tok')") == "<|endoftext|>"
+
+
+def test_decode_partial_characters(conn, tok_model, py_tokenizer):
+    # an emoji's bytes span two byte-level tokens: one alone is not UTF-8
+    ids = py_tokenizer.encode("😀").tolist()
+    assert len(ids) >= 2
+    assert sql_value(conn, "SELECT llm_decode(%s, 'tok')", (ids[:1],)) == "\ufffd"
+    assert sql_value(conn, "SELECT llm_decode(%s, 'tok')", (ids,)) == "😀"
+    assert sql_value(conn, "SELECT llm_decode('{}'::int[], 'tok')") == ""
+    assert sql_value(conn, "SELECT llm_encode('', 'tok')") == []
+
+
+@pytest.mark.parametrize("text", ["Hello world's  end\n\n x", "   ", "a  \tb", "x \n", "'s'S'", "A1b2 3"])
+def test_pre_tokenizer_pieces(text):
+    """The state machine splits like the regular expression itself."""
+    assert K.pre_tokenize(text) == [m.encode() for m in regex.findall(GPT2_PATTERN, text)]
+
+
+def test_client_side_ingestion(conn, data_dir):
+    create_model(conn, "tok_client", d_model=8, n_layer=1, n_head=1, n_positions=8)
+    n_tok, n_merge = ingest(conn, "tok_client", f"{data_dir}/gpt2/vocab.json",
+                            f"{data_dir}/gpt2/merges.txt")
+    assert (n_tok, n_merge) == (50257, 50000)
+    assert sql_value(conn, "SELECT llm_encode('Hello world', 'tok_client')") == [15496, 995]
+
+
+def test_errors(conn, tok_model, data_dir, server_dir):
+    create_model(conn, "notok", d_model=8, n_layer=1, n_head=1, n_positions=8)
+    assert_sql_error(conn, "SELECT llm_encode('x', 'notok')", (), "55000", "has no tokenizer")
+    assert_sql_error(conn, "SELECT llm_decode(array[1], 'notok')", (), "55000", "has no tokenizer")
+    assert_sql_error(conn, "SELECT llm_encode('x', 'no_such_model')", (), "42704", "does not exist")
+    assert_sql_error(conn, "SELECT pg_llm_load_bpe_merges(%s, 'notok')",
+                     (f"{data_dir}/gpt2/merges.txt",), "55000", "has no vocabulary")
+    assert_sql_error(conn, "SELECT pg_llm_load_bpe_vocab('/no/such/file.json', 'notok')", (),
+                     "58P01", "could not open file")
+    assert_sql_error(conn, "SELECT pg_llm_load_bpe_vocab(%s, 'notok')", (server_dir,), "42809",
+                     "not a regular file")
+    assert_sql_error(conn, "SELECT pg_llm_load_bpe_vocab_text('{\"a\": 0, \"b\": ', 'notok')", (),
+                     "22P02", "malformed JSON")
+    assert_sql_error(conn, "SELECT pg_llm_load_bpe_vocab_text('{\"a\": 0, \"b\": 5}', 'notok')", (),
+                     "22000", "must be 0, 1, ..., n-1")
+    assert_sql_error(conn, "SELECT pg_llm_load_bpe_vocab_text('[1, 2]', 'notok')", (), "22P02", "malformed")
+    assert_sql_error(conn, "SELECT pg_llm_load_bpe_merges_text(%s, 'tok')",
+                     ("#version: 0.2\nĠ t\nzzzqqq xyzzy\n",), "22000", "line 3")
+    assert_sql_error(conn, "SELECT pg_llm_load_bpe_merges_text(%s, 'tok')",
+                     ("#version: 0.2\nĠt\n",), "22P02", "line 2")
+    assert_sql_error(conn, "SELECT llm_decode(array[50257], 'tok')", (), "22003", "outside the vocabulary")
+    assert_sql_error(conn, "SELECT pg_llm_load_bpe_vocab_text('{}', 'no_such_model')", (), "42704",
+                     "does not exist")
+    # the failed loads left the working tokenizer as it was
+    assert sql_value(conn, "SELECT llm_encode('Hello world', 'tok')") == [15496, 995]
