@@ -19,6 +19,7 @@ from pg_llm_cy._kernels import (  # noqa: F401  (re-exported)
     gpt2_init,
     gpt2_param_sizes,
     inflate_raw,
+    memory_read_bandwidth,
     npy_build_header,
     npy_parse_header,
     parse_vocab_json,

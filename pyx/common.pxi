@@ -226,3 +226,29 @@ def exp_into(const float[::1] x, float[::1] out):
         raise ValueError("exp_into: sizes differ")
     for i in range(x.shape[0]):
         out[i] = _exp(x[i])
+
+
+cdef double _sum_chunk(const float *x, int64_t n) noexcept nogil:
+    return _sum(x, n)
+
+
+def memory_read_bandwidth(int64_t nbytes=1 << 29, int reps=5):
+    """GB/s of an OpenMP streaming read of nbytes (best of reps), with the
+    current thread count: the ceiling of memory-bound kernels (benchmarks)."""
+    import numpy as np
+    import time
+    cdef int64_t n = nbytes // 4, c, nchunks
+    buf = np.ones(n, np.float32)
+    cdef float[::1] b = buf
+    cdef double best = 1e30, t0
+    cdef double *part
+    nchunks = (n + CHUNK - 1) // CHUNK
+    part = <double *> malloc(nchunks * sizeof(double))
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        with nogil:
+            for c in prange(nchunks, num_threads=openmp.omp_get_max_threads(), schedule='static'):
+                part[c] = _sum_chunk(&b[c * CHUNK], min(<int64_t> CHUNK, n - c * CHUNK))
+        best = min(best, time.perf_counter() - t0)
+    free(part)
+    return nbytes / best / 1e9

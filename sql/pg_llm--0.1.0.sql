@@ -267,7 +267,7 @@ CREATE FUNCTION llm_generate(prompt text, max_tokens int DEFAULT 64, temperature
 RETURNS text
 AS 'MODULE_PATHNAME', 'pg_llm_generate' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION llm_generate(text, int, float8, int, float8, text, int, int, float8, text[])
-    IS 'the text generated after prompt: temperature 0 is greedy; topk 0 and topp 1 turn those filters off; the same seed gives the same text; stops at eos_token (default: the tokenizer''s <|endoftext|>) or before a stop string';
+    IS 'the text generated after prompt: temperature 0 is greedy; topk 0 and topp 1 turn those filters off; the same seed gives the same text; stops at eos_token (NULL: the tokenizer''s <|endoftext|>; -1: none) or before a stop string';
 
 CREATE FUNCTION llm_generate_stream(prompt text, max_tokens int DEFAULT 64, temperature float8 DEFAULT 1.0,
                                     topk int DEFAULT 50, topp float8 DEFAULT 0.95,

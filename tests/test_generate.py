@@ -58,6 +58,13 @@ def test_eos_and_stop(conn, gen_model):
     cut = sql_value(conn, "SELECT llm_generate('Hello', 16, 0, 50, 1.0, 'gen', stop => %s)", ([stop],))
     assert cut == full[:full.index(stop)]
     assert sql_value(conn, GEN, ("Hello", 0, 0, 50, 1.0)) == ""
+    # eos_token -1: no end-of-text token, always max_tokens tokens
+    n = sql_value(conn, "SELECT count(*) FROM llm_generate_stream('Hello', 9, 0, 50, 1.0, 'gen', "
+                  "eos_token => %s)", (first,))
+    assert n == 1
+    n = sql_value(conn, "SELECT count(*) FROM llm_generate_stream('Hello', 9, 0, 50, 1.0, 'gen', "
+                  "eos_token => -1)")
+    assert n == 9
     # an empty prompt starts from <|endoftext|>
     assert isinstance(sql_value(conn, GEN, ("", 5, 0, 50, 1.0)), str)
 

@@ -162,6 +162,8 @@ resolve_eos(int32 eos, PgllmBPE *bpe, const PgllmGPT2Config *cfg, const char *fn
 		eos = pgllm_bpe_special_id(bpe, (const uint8 *) "<|endoftext|>", 13);
 		return eos < cfg->vocab ? eos : -1;
 	}
+	if (eos == -1)
+		return -1;				/* no end-of-text token: always max_tokens */
 	if (eos < 0 || eos >= cfg->vocab)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
