@@ -12,8 +12,21 @@ import pytest
 
 M, K, N = 4096, 4096, 12288      # ~412 GFLOP: several seconds on one thread
 
-LONG_MATMUL = (f"select length(pg_llm_matmul(decode(repeat('00', {4 * M * K}), 'hex'), "
-               f"decode(repeat('00', {4 * K * N}), 'hex'), {M}, {K}, {N}))")
+# operands built once (building 200 MB in the timed statement would put
+# PostgreSQL's own uninterruptible string functions into the measurement)
+LONG_MATMUL = f"select length(pg_llm_matmul(a, b, {M}, {K}, {N})) from cancel_inputs"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cancel_inputs(conn):
+    conn.execute("DROP TABLE IF EXISTS cancel_inputs")
+    conn.execute("CREATE TABLE cancel_inputs (a bytea, b bytea, c bytea, d bytea)")
+    conn.execute(f"INSERT INTO cancel_inputs SELECT decode(repeat('00', {4 * M * K}), 'hex'), "
+                 f"decode(repeat('00', {4 * K * N}), 'hex'), "
+                 f"pg_llm_ones_like(decode(repeat('00', {4 * 4096 * 4096}), 'hex')), "
+                 f"pg_llm_ones_like(decode(repeat('00', {4 * 4096 * 8192}), 'hex'))")
+    yield
+    conn.execute("DROP TABLE cancel_inputs")
 
 
 class Runner(threading.Thread):
@@ -103,9 +116,7 @@ def test_harmless_interrupt_restarts_kernel(conn, pg_dsn, cluster, server_versio
     """A memory-context dump request sets InterruptPending without cancelling:
     the kernel stops, the request is served, and the kernel runs again."""
     m, k, n = 4096, 4096, 8192        # ~275 GFLOP on one thread: seconds
-    ones = "pg_llm_ones_like(decode(repeat('00', {}), 'hex'))"
-    sql = (f"select md5(pg_llm_matmul({ones.format(4 * m * k)}, {ones.format(4 * k * n)}, "
-           f"{m}, {k}, {n}))")
+    sql = f"select md5(pg_llm_matmul(c, d, {m}, {k}, {n})) from cancel_inputs"
     expected = hashlib.md5(np.full(m * n, k, np.float32).tobytes()).hexdigest()
     r = Runner(pg_dsn, sql, ["set pg_llm.num_threads = 1"])
     r.start()
