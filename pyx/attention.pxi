@@ -9,14 +9,24 @@
 # of every earlier row of the same head: one thread per head keeps those
 # writes private and the summation order fixed.
 
-cdef public int pgllm_attention_core_forward(const float *qkv, float *att, float *out,
-                                             int64_t B, int64_t T, int64_t C, int64_t NH,
-                                             const int *cancel) noexcept nogil:
+cdef inline float _keep_scale(uint64_t stream, uint64_t i, float p, float scale) noexcept nogil:
+    """Inverted-dropout factor of element i: 0 (dropped) or 1/(1-p)."""
+    if p <= 0:
+        return 1.0
+    return scale if _rand_uniform(stream, i) >= p else <float> 0.0
+
+
+cdef int _attention_fwd(const float *qkv, float *att, float *out, int64_t B, int64_t T,
+                        int64_t C, int64_t NH, float p, uint64_t stream,
+                        const int *cancel) noexcept nogil:
+    """att keeps the softmax probabilities before dropout; out uses the
+    dropped-out ones (mask from (stream, index), recomputed in the backward)."""
     cdef int64_t hs = C // NH
     cdef int64_t C3 = 3 * C
     cdef int64_t nunits = B * T * NH
-    cdef int64_t u, b, t, h, t2, i
+    cdef int64_t u, b, t, h, t2, i, base
     cdef float scale = <float> 1.0 / sqrtf(<float> hs)
+    cdef float dscale = <float> 1.0 / (<float> 1.0 - p) if p < 1 else <float> 0.0
     cdef float m, s, inv, a
     cdef const float *q
     cdef const float *k
@@ -50,23 +60,32 @@ cdef public int pgllm_attention_core_forward(const float *qkv, float *att, float
         o = out + (b * T + t) * C + h * hs
         for i in range(hs):
             o[i] = 0.0
+        base = ((b * NH + h) * T + t) * T
         for t2 in range(t + 1):
             v = qkv + (b * T + t2) * C3 + 2 * C + h * hs
-            a = arow[t2]
+            a = arow[t2] * _keep_scale(stream, base + t2, p, dscale)
             for i in range(hs):
                 o[i] = o[i] + a * v[i]
     return _status(cancel)
 
 
+cdef public int pgllm_attention_core_forward(const float *qkv, float *att, float *out,
+                                             int64_t B, int64_t T, int64_t C, int64_t NH,
+                                             const int *cancel) noexcept nogil:
+    return _attention_fwd(qkv, att, out, B, T, C, NH, 0.0, 0, cancel)
+
+
 cdef void _attention_head_backward(const float *qkv, const float *att, const float *dout,
                                    float *dqkv, float *datt, int64_t b, int64_t h,
-                                   int64_t T, int64_t C, int64_t NH) noexcept nogil:
+                                   int64_t T, int64_t C, int64_t NH, float p,
+                                   uint64_t stream) noexcept nogil:
     """Gradients of one (sequence, head): writes its q/k/v columns of dqkv."""
     cdef int64_t hs = C // NH
     cdef int64_t C3 = 3 * C
-    cdef int64_t t, t2, i
+    cdef int64_t t, t2, i, base
     cdef float scale = <float> 1.0 / sqrtf(<float> hs)
-    cdef float s, d
+    cdef float dscale = <float> 1.0 / (<float> 1.0 - p) if p < 1 else <float> 0.0
+    cdef float s, d, keep
     cdef const float *arow
     cdef const float *dor
     cdef const float *q
@@ -84,14 +103,16 @@ cdef void _attention_head_backward(const float *qkv, const float *att, const flo
     for t in range(T):
         arow = att + ((b * NH + h) * T + t) * T
         dor = dout + (b * T + t) * C + h * hs
-        # out[t] = sum_t2 att[t,t2] v[t2]
+        base = ((b * NH + h) * T + t) * T
+        # out[t] = sum_t2 drop(att[t,t2]) v[t2]
         s = 0.0
         for t2 in range(t + 1):
             v = qkv + (b * T + t2) * C3 + 2 * C + h * hs
             dv = dqkv + (b * T + t2) * C3 + 2 * C + h * hs
-            datt[t2] = _dot(dor, v, hs)
+            keep = _keep_scale(stream, base + t2, p, dscale)
+            datt[t2] = _dot(dor, v, hs) * keep
             s = s + arow[t2] * datt[t2]
-            d = arow[t2]
+            d = arow[t2] * keep
             for i in range(hs):
                 dv[i] += d * dor[i]
         # softmax backward, then through the scaled q.k product
@@ -106,10 +127,9 @@ cdef void _attention_head_backward(const float *qkv, const float *att, const flo
                 dk[i] += d * q[i]
 
 
-cdef public int pgllm_attention_core_backward(const float *qkv, const float *att,
-                                              const float *dout, float *dqkv,
-                                              int64_t B, int64_t T, int64_t C, int64_t NH,
-                                              const int *cancel) noexcept nogil:
+cdef int _attention_bwd(const float *qkv, const float *att, const float *dout, float *dqkv,
+                        int64_t B, int64_t T, int64_t C, int64_t NH, float p, uint64_t stream,
+                        const int *cancel) noexcept nogil:
     cdef int64_t u, nunits = B * NH
     cdef float *datt = NULL
     cdef int nt = _threads_for(B * NH * T * T * (C // NH))
@@ -124,11 +144,19 @@ cdef public int pgllm_attention_core_backward(const float *qkv, const float *att
                 continue
             if PGLLM_CANCELLED(cancel):
                 continue
-            _attention_head_backward(qkv, att, dout, dqkv, datt, u // NH, u % NH, T, C, NH)
+            _attention_head_backward(qkv, att, dout, dqkv, datt, u // NH, u % NH, T, C, NH,
+                                     p, stream)
         free(datt)
     if failed:
         return PGLLM_ENOMEM
     return _status(cancel)
+
+
+cdef public int pgllm_attention_core_backward(const float *qkv, const float *att,
+                                              const float *dout, float *dqkv,
+                                              int64_t B, int64_t T, int64_t C, int64_t NH,
+                                              const int *cancel) noexcept nogil:
+    return _attention_bwd(qkv, att, dout, dqkv, B, T, C, NH, 0.0, 0, cancel)
 
 
 # ---------------------------------------------------------------------------

@@ -300,8 +300,19 @@ cdef public int pgllm_layernorm_backward(const float *x, const float *dy, const 
                                          float *dx, float *dgamma, float *dbeta,
                                          int64_t rows, int64_t cols,
                                          const int *cancel) noexcept nogil:
+    return _layernorm_backward(x, dy, gamma, mean, rstd, eps, dx, dgamma, dbeta, rows, cols, 0, 0,
+                               cancel)
+
+
+cdef int _layernorm_backward(const float *x, const float *dy, const float *gamma,
+                             const float *mean, const float *rstd, float eps,
+                             float *dx, float *dgamma, float *dbeta,
+                             int64_t rows, int64_t cols, int dx_accumulate, int param_accumulate,
+                             const int *cancel) noexcept nogil:
     """dx = rstd * (dy*g - mean(dy*g) - norm * mean(dy*g*norm)); dgamma = sum dy*norm;
-    dbeta = sum dy.  Rows in parallel for dx, columns in parallel for dgamma/dbeta."""
+    dbeta = sum dy.  Rows in parallel for dx, columns in parallel for dgamma/dbeta.
+    With dx_accumulate dx is added to (the residual stream's gradient); with
+    param_accumulate, dgamma and dbeta are (gradient accumulation)."""
     cdef float *stats = NULL
     cdef const float *mu = mean
     cdef const float *rs = rstd
@@ -337,28 +348,33 @@ cdef public int pgllm_layernorm_backward(const float *x, const float *dy, const 
         b = b / cols
         for i in range(cols):
             nrm = (xr[i] - m) * s
-            dxr[i] = (dyr[i] * gamma[i] - a - nrm * b) * s
+            if dx_accumulate:
+                dxr[i] = dxr[i] + (dyr[i] * gamma[i] - a - nrm * b) * s
+            else:
+                dxr[i] = (dyr[i] * gamma[i] - a - nrm * b) * s
     nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
     for cb in prange(nblocks, num_threads=nt, schedule='static'):
         if PGLLM_CANCELLED(cancel):
             continue
         j0 = cb * COL_BLOCK
         j1 = min(j0 + COL_BLOCK, cols)
-        _ln_param_grads(x, dy, mu, rs, dgamma, dbeta, rows, cols, j0, j1)
+        _ln_param_grads(x, dy, mu, rs, dgamma, dbeta, rows, cols, j0, j1, param_accumulate)
     free(stats)
     return _status(cancel)
 
 
 cdef inline void _ln_param_grads(const float *x, const float *dy, const float *mu,
                                  const float *rs, float *dgamma, float *dbeta,
-                                 int64_t rows, int64_t cols, int64_t j0, int64_t j1) noexcept nogil:
+                                 int64_t rows, int64_t cols, int64_t j0, int64_t j1,
+                                 int accumulate) noexcept nogil:
     cdef int64_t r, j
     cdef float m, s
     cdef const float *xr
     cdef const float *dyr
-    for j in range(j0, j1):
-        dgamma[j] = 0.0
-        dbeta[j] = 0.0
+    if not accumulate:
+        for j in range(j0, j1):
+            dgamma[j] = 0.0
+            dbeta[j] = 0.0
     for r in range(rows):
         xr = x + r * cols
         dyr = dy + r * cols
@@ -371,6 +387,12 @@ cdef inline void _ln_param_grads(const float *x, const float *dy, const float *m
 
 cdef public int pgllm_colsum(const float *X, float *out, int64_t rows, int64_t cols,
                              const int *cancel) noexcept nogil:
+    return _colsum(X, out, rows, cols, 0, cancel)
+
+
+cdef int _colsum(const float *X, float *out, int64_t rows, int64_t cols, int accumulate,
+                 const int *cancel) noexcept nogil:
+    """out (+)= column sums of X; columns split among threads, rows summed in order."""
     cdef int64_t cb, j0, j1, r, j
     cdef int64_t nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
     cdef const float *xr
@@ -381,8 +403,9 @@ cdef public int pgllm_colsum(const float *X, float *out, int64_t rows, int64_t c
         j0 = cb * COL_BLOCK
         j1 = min(j0 + COL_BLOCK, cols)
         o = out + j0
-        for j in range(j1 - j0):
-            o[j] = 0.0
+        if not accumulate:
+            for j in range(j1 - j0):
+                o[j] = 0.0
         for r in range(rows):
             xr = X + r * cols + j0
             for j in range(j1 - j0):

@@ -219,6 +219,33 @@ int		pgllm_gpt2_kv_reorder(const PgllmGPT2Config *cfg, float *kv, int64_t B,
 								  int64_t kv_cap, int64_t len, const int32_t *src,
 								  float *scratch);
 
+/* ---- training (llm.c's fused forward/backward) ----
+ * One buffer of pgllm_gpt2_train_floats(cfg, B, T) floats holds the
+ * activations the backward needs and its scratch.  tokens, targets: (B, T).
+ * dropout (GPT-2's three sites: embeddings, attention probabilities,
+ * residual branches) draws its masks from `seed`; the backward recomputes
+ * them from the same seed.  The forward overwrites the buffer
+ * (restartable); the backward ADDS into grads (gradient accumulation):
+ * restart a step from zeroed grads. */
+int64_t	pgllm_gpt2_train_floats(const PgllmGPT2Config *cfg, int64_t B, int64_t T);
+/* *loss = mean cross-entropy of targets (targets may be NULL: logits only) */
+int		pgllm_gpt2_train_forward(const PgllmGPT2Config *cfg, const float *params,
+								 const int32_t *tokens, const int32_t *targets, int64_t B,
+								 int64_t T, float dropout, uint64_t seed, float *acts,
+								 double *loss, const int *cancel);
+/* grads += d(loss_scale * sum of the B*T losses)/dparams */
+int		pgllm_gpt2_train_backward(const PgllmGPT2Config *cfg, const float *params,
+								  float *grads, const int32_t *tokens, const int32_t *targets,
+								  int64_t B, int64_t T, float dropout, uint64_t seed,
+								  float *acts, float loss_scale, const int *cancel);
+/* AdamW on every tensor, weight decay on 2-D ones only (as nanoGPT);
+ * grads scaled by grad_scale (clipping); step counts from 1 */
+int		pgllm_gpt2_adamw(const PgllmGPT2Config *cfg, float *params, const float *grads,
+						 float *m, float *v, float lr, float beta1, float beta2, float eps,
+						 float weight_decay, int64_t step, float grad_scale);
+/* the logits (B*T, V) of the last forward, inside acts */
+float	   *pgllm_gpt2_train_logits(const PgllmGPT2Config *cfg, float *acts, int64_t B, int64_t T);
+
 /* ---- sampling ----
  * Next token from logits (modified in place): repetition penalty on the
  * tokens of history (CTRL / HuggingFace rule), then greedy argmax when

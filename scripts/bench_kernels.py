@@ -24,7 +24,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the installed pg_llm_cy first; the source tree when it is not installed
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pg_llm_cy import kernels as K  # noqa: E402
 
 SHAPES = [(64, 768, 2304), (64, 768, 3072), (64, 3072, 768), (64, 768, 50257),

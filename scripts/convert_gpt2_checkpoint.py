@@ -12,7 +12,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the installed pg_llm_cy first; the source tree when it is not installed
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pg_llm_cy.convert import convert  # noqa: E402
 
 

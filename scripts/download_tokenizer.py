@@ -11,7 +11,8 @@ scripts/ingest_tokenizer.py, or on the server with
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the installed pg_llm_cy first; the source tree when it is not installed
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pg_llm_cy.tokenizer_files import download  # noqa: E402
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ def import_model(name, conn, server_dir, tmp_path_factory, data_dir):
     ckpt = str(tmp_path_factory.mktemp(name))
     model.save_pretrained(ckpt, safe_serialization=(name != "fid_odd"))   # one .bin, the rest safetensors
     out = os.path.join(server_dir, f"{name}.npz")
-    subprocess.run([sys.executable, os.path.join(REPO, "scripts", "convert_gpt2_checkpoint.py"), ckpt, out],
-                   check=True, capture_output=True)
+    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "convert_gpt2_checkpoint.py"),
+                        ckpt, out], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     os.chmod(out, 0o644)
     sql_value(conn, "SELECT pg_llm_import_npz(%s, %s, %s)", (out, name, H))
     os.unlink(out)
