@@ -182,6 +182,10 @@ cdef inline uint64_t _mix64(uint64_t z) noexcept nogil:
 cdef inline uint64_t _rand_u64(uint64_t seed, uint64_t i) noexcept nogil:
     return _mix64(_mix64(seed + <uint64_t> 0x9e3779b97f4a7c15ULL) + i * <uint64_t> 0x9e3779b97f4a7c15ULL)
 
+cdef public uint64_t pgllm_rand_u64(uint64_t seed, uint64_t i) noexcept nogil:
+    return _rand_u64(seed, i)
+
+
 cdef inline float _rand_uniform(uint64_t seed, uint64_t i) noexcept nogil:
     """Uniform in [0, 1) with 24 random bits."""
     return <float> (_rand_u64(seed, i) >> 40) * <float> (1.0 / 16777216.0)

@@ -57,6 +57,9 @@ int		pgllm_cpu_has_avx512(void);
 void	pgllm_set_force_portable(int force);
 int		pgllm_omp_team_size(void);
 
+/* value i of the counter-based random stream `seed` (a pure function) */
+uint64_t	pgllm_rand_u64(uint64_t seed, uint64_t i);
+
 /* ---- GEMM: C(M,N) [+]= op(A)(M,K) @ op(B)(K,N) [+ bias(N)] ----
  * op(A) = A (stored M x K, row stride lda) or A^T (A stored K x M) when transA;
  * op(B) = B (stored K x N, row stride ldb) or B^T (B stored N x K) when transB.

@@ -308,3 +308,243 @@ CREATE FUNCTION pg_llm_backend_stats(OUT tokens_sampled bigint, OUT model_loads 
                                      OUT cache_hits bigint)
 AS 'MODULE_PATHNAME', 'pg_llm_backend_stats' LANGUAGE C VOLATILE STRICT;
 COMMENT ON FUNCTION pg_llm_backend_stats() IS 'counters of this backend: tokens generated, models loaded from tables, model cache hits';
+
+-- ===========================================================================
+-- Training
+-- ===========================================================================
+CREATE TABLE llm_dataset (
+    id       bigserial PRIMARY KEY,
+    dataset  text NOT NULL DEFAULT 'default',
+    tokens   int[] NOT NULL,
+    target   int[] NOT NULL,
+    split    text NOT NULL DEFAULT 'train' CHECK (split IN ('train', 'val')),
+    CHECK (cardinality(tokens) > 0 AND cardinality(tokens) = cardinality(target))
+);
+CREATE INDEX llm_dataset_dataset_split ON llm_dataset (dataset, split);
+COMMENT ON TABLE llm_dataset IS 'training data: blocks of token ids and their next-token targets';
+
+CREATE TABLE llm_train_log (
+    id           bigserial PRIMARY KEY,
+    model        text NOT NULL REFERENCES llm_model_config (model) ON DELETE CASCADE ON UPDATE CASCADE,
+    step         int NOT NULL,
+    lr           float8,
+    loss         float8,
+    grad_norm    float8,
+    val_loss     float8,
+    tokens_per_s float8,
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX llm_train_log_model_step ON llm_train_log (model, step);
+
+CREATE TABLE llm_checkpoint (
+    id         bigserial PRIMARY KEY,
+    model      text NOT NULL REFERENCES llm_model_config (model) ON DELETE CASCADE ON UPDATE CASCADE,
+    step       int NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    note       text,
+    n_params   bigint NOT NULL,
+    file_path  text,
+    config     jsonb NOT NULL
+);
+
+CREATE TABLE llm_checkpoint_param (
+    checkpoint_id bigint NOT NULL REFERENCES llm_checkpoint (id) ON DELETE CASCADE,
+    name   text NOT NULL,
+    shape  int[] NOT NULL,
+    data   bytea NOT NULL,
+    m      bytea,
+    v      bytea,
+    PRIMARY KEY (checkpoint_id, name)
+);
+ALTER TABLE llm_checkpoint_param ALTER COLUMN data SET STORAGE EXTERNAL,
+                                 ALTER COLUMN m SET STORAGE EXTERNAL,
+                                 ALTER COLUMN v SET STORAGE EXTERNAL;
+
+CREATE FUNCTION llm_dataset_from_text(model text, text text, block_size int DEFAULT 64,
+                                      val_fraction float8 DEFAULT 0.1,
+                                      dataset text DEFAULT 'default')
+RETURNS int
+AS 'MODULE_PATHNAME', 'pg_llm_dataset_from_text' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION llm_dataset_from_text(text, text, int, float8, text)
+    IS 'tokenize text with the model''s tokenizer into blocks of block_size (tokens, targets): the last val_fraction of the tokens is the val split; returns the rows added';
+
+-- the steps of a training run, in this backend (state kept between calls)
+CREATE FUNCTION pg_llm_train_begin(model text, n_steps int, batch_size int, block_size int,
+                                   learning_rate float8, min_lr float8, warmup_iters int,
+                                   lr_decay_iters int, weight_decay float8, beta1 float8,
+                                   beta2 float8, grad_clip float8, gradient_accumulation_steps int,
+                                   dropout float8, eval_interval int, eval_iters int, seed int,
+                                   max_seconds float8, dataset text, log_interval int)
+RETURNS int
+AS 'MODULE_PATHNAME', 'pg_llm_train_begin' LANGUAGE C VOLATILE;
+CREATE FUNCTION pg_llm_train_steps(model text, n int) RETURNS int
+AS 'MODULE_PATHNAME', 'pg_llm_train_steps' LANGUAGE C VOLATILE STRICT;
+CREATE FUNCTION pg_llm_train_writeback(model text) RETURNS bigint
+AS 'MODULE_PATHNAME', 'pg_llm_train_writeback' LANGUAGE C VOLATILE STRICT;
+CREATE FUNCTION pg_llm_train_end(model text) RETURNS void
+AS 'MODULE_PATHNAME', 'pg_llm_train_end' LANGUAGE C VOLATILE STRICT;
+
+CREATE FUNCTION llm_train(model text, n_steps int, batch_size int DEFAULT 8, block_size int DEFAULT NULL,
+                          learning_rate float8 DEFAULT 6e-4, min_lr float8 DEFAULT NULL,
+                          warmup_iters int DEFAULT 100, lr_decay_iters int DEFAULT NULL,
+                          weight_decay float8 DEFAULT 0.1, beta1 float8 DEFAULT 0.9,
+                          beta2 float8 DEFAULT 0.95, grad_clip float8 DEFAULT 1.0,
+                          gradient_accumulation_steps int DEFAULT 1, dropout float8 DEFAULT 0.0,
+                          eval_interval int DEFAULT 100, eval_iters int DEFAULT 20,
+                          seed int DEFAULT 1337, max_seconds float8 DEFAULT NULL,
+                          dataset text DEFAULT 'default', log_interval int DEFAULT 10)
+RETURNS float8
+LANGUAGE plpgsql VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    done int := 0;
+    k int;
+    last float8;
+BEGIN
+    PERFORM @extschema@.pg_llm_train_begin(model, n_steps, batch_size, block_size, learning_rate,
+        min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip,
+        gradient_accumulation_steps, dropout, eval_interval, eval_iters, seed, max_seconds,
+        dataset, log_interval);
+    WHILE done < n_steps LOOP
+        k := @extschema@.pg_llm_train_steps(model, n_steps - done);
+        done := done + k;
+        EXIT WHEN k = 0;
+    END LOOP;
+    PERFORM @extschema@.pg_llm_train_writeback(model);
+    PERFORM @extschema@.pg_llm_train_end(model);
+    SELECT l.loss INTO last FROM @extschema@.llm_train_log l
+     WHERE l.model = llm_train.model ORDER BY l.id DESC LIMIT 1;
+    RETURN last;
+END
+$$;
+COMMENT ON FUNCTION llm_train(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int)
+    IS 'train n_steps AdamW steps on llm_dataset in one transaction (llm_train_run commits as it goes); returns the last training loss';
+
+CREATE PROCEDURE llm_train_run(model text, n_steps int, batch_size int DEFAULT 8, block_size int DEFAULT NULL,
+                               learning_rate float8 DEFAULT 6e-4, min_lr float8 DEFAULT NULL,
+                               warmup_iters int DEFAULT 100, lr_decay_iters int DEFAULT NULL,
+                               weight_decay float8 DEFAULT 0.1, beta1 float8 DEFAULT 0.9,
+                               beta2 float8 DEFAULT 0.95, grad_clip float8 DEFAULT 1.0,
+                               gradient_accumulation_steps int DEFAULT 1, dropout float8 DEFAULT 0.0,
+                               eval_interval int DEFAULT 100, eval_iters int DEFAULT 20,
+                               seed int DEFAULT 1337, max_seconds float8 DEFAULT NULL,
+                               checkpoint_interval int DEFAULT 100, dataset text DEFAULT 'default',
+                               log_interval int DEFAULT 10)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    done int := 0;
+    k int;
+BEGIN
+    IF checkpoint_interval IS NULL OR checkpoint_interval < 1 THEN
+        RAISE EXCEPTION 'llm_train_run: checkpoint_interval must be positive'
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM @extschema@.pg_llm_train_begin(model, n_steps, batch_size, block_size, learning_rate,
+        min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip,
+        gradient_accumulation_steps, dropout, eval_interval, eval_iters, seed, max_seconds,
+        dataset, log_interval);
+    COMMIT;
+    WHILE done < n_steps LOOP
+        -- one step per transaction: its log row is visible at once
+        k := @extschema@.pg_llm_train_steps(model, 1);
+        done := done + k;
+        IF k = 0 OR done >= n_steps OR done % checkpoint_interval = 0 THEN
+            PERFORM @extschema@.pg_llm_train_writeback(model);
+        END IF;
+        COMMIT;
+        EXIT WHEN k = 0;
+    END LOOP;
+    PERFORM @extschema@.pg_llm_train_end(model);
+END
+$$;
+COMMENT ON PROCEDURE llm_train_run(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, int, text, int)
+    IS 'train n_steps, committing every step (llm_train_log) and writing parameters and AdamW state back every checkpoint_interval steps and at the end; CALL it outside a transaction block';
+
+CREATE FUNCTION llm_train_step(model text, tokens int[], targets int[], learning_rate float8 DEFAULT 1e-4,
+                               weight_decay float8 DEFAULT 0.0, beta1 float8 DEFAULT 0.9,
+                               beta2 float8 DEFAULT 0.999, eps float8 DEFAULT 1e-8,
+                               grad_clip float8 DEFAULT 0.0)
+RETURNS float4
+AS 'MODULE_PATHNAME', 'pg_llm_train_step' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION llm_train_step(text, int[], int[], float8, float8, float8, float8, float8, float8)
+    IS 'one AdamW step on the batch given (tokens and targets: one sequence, or a 2-D array of them); writes the model back; returns the loss before the step';
+
+CREATE FUNCTION llm_gradients(model text, tokens int[], targets int[])
+RETURNS TABLE (name text, shape int[], grad bytea)
+AS 'MODULE_PATHNAME', 'pg_llm_gradients' LANGUAGE C STABLE;
+COMMENT ON FUNCTION llm_gradients(text, int[], int[])
+    IS 'gradient of the mean loss on a batch, per parameter tensor (llm_param''s layout)';
+
+CREATE FUNCTION llm_evaluate(model text, split text DEFAULT 'val', dataset text DEFAULT 'default',
+                             OUT loss float8, OUT perplexity float8)
+AS 'MODULE_PATHNAME', 'pg_llm_evaluate' LANGUAGE C STABLE;
+COMMENT ON FUNCTION llm_evaluate(text, text, text) IS 'mean loss and perplexity over every block of a split';
+
+-- ===========================================================================
+-- Checkpoints: parameters and AdamW state, inside the database
+-- ===========================================================================
+CREATE FUNCTION llm_checkpoint_save(model text, note text DEFAULT NULL, file_path text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    cid bigint;
+    n bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.llm_param p WHERE p.model = llm_checkpoint_save.model) THEN
+        RAISE EXCEPTION 'model "%" has no parameters to save', llm_checkpoint_save.model
+              USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    INSERT INTO @extschema@.llm_checkpoint (model, step, note, n_params, file_path, config)
+    SELECT c.model, c.train_step, llm_checkpoint_save.note, 0, llm_checkpoint_save.file_path,
+           jsonb_build_object('n_layer', c.n_layer, 'n_head', c.n_head, 'd_model', c.d_model,
+                              'n_positions', c.n_positions, 'vocab', c.vocab)
+      FROM @extschema@.llm_model_config c WHERE c.model = llm_checkpoint_save.model
+    RETURNING id INTO cid;
+    INSERT INTO @extschema@.llm_checkpoint_param (checkpoint_id, name, shape, data, m, v)
+    SELECT cid, p.name, p.shape, p.data, p.m, p.v FROM @extschema@.llm_param p
+     WHERE p.model = llm_checkpoint_save.model;
+    SELECT sum(octet_length(cp.data)) / 4 INTO n FROM @extschema@.llm_checkpoint_param cp
+     WHERE cp.checkpoint_id = cid;
+    UPDATE @extschema@.llm_checkpoint SET n_params = n WHERE id = cid;
+    IF file_path IS NOT NULL THEN
+        PERFORM @extschema@.pg_llm_export_npz(file_path, model);
+    END IF;
+    RETURN cid;
+END
+$$;
+COMMENT ON FUNCTION llm_checkpoint_save(text, text, text)
+    IS 'snapshot the model''s parameters and AdamW state (as last written back) in the database, and to a .npz/.safetensors file if a path is given; returns the checkpoint id';
+
+CREATE FUNCTION llm_checkpoint_load(model text, checkpoint_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    ck record;
+BEGIN
+    SELECT * INTO ck FROM @extschema@.llm_checkpoint k WHERE k.id = llm_checkpoint_load.checkpoint_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'checkpoint % does not exist', checkpoint_id USING ERRCODE = 'undefined_object';
+    END IF;
+    IF ck.model <> llm_checkpoint_load.model THEN
+        RAISE EXCEPTION 'checkpoint % belongs to model "%", not "%"', checkpoint_id, ck.model, model
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- the configuration may have changed since: restore it with the tensors
+    UPDATE @extschema@.llm_model_config c
+       SET n_layer = (ck.config->>'n_layer')::int, n_head = (ck.config->>'n_head')::int,
+           d_model = (ck.config->>'d_model')::int, n_positions = (ck.config->>'n_positions')::int,
+           vocab = (ck.config->>'vocab')::int, train_step = ck.step,
+           version = nextval('@extschema@.llm_model_version_seq'), updated_at = now()
+     WHERE c.model = llm_checkpoint_load.model;
+    DELETE FROM @extschema@.llm_param p WHERE p.model = llm_checkpoint_load.model;
+    INSERT INTO @extschema@.llm_param (model, name, shape, data, m, v)
+    SELECT llm_checkpoint_load.model, cp.name, cp.shape, cp.data, cp.m, cp.v
+      FROM @extschema@.llm_checkpoint_param cp WHERE cp.checkpoint_id = llm_checkpoint_load.checkpoint_id;
+END
+$$;
+COMMENT ON FUNCTION llm_checkpoint_load(text, bigint) IS 'restore the parameters, AdamW state, step and configuration of a checkpoint';
