@@ -5,6 +5,7 @@
     python -m pg_llm_cy encode "some text"
     python -m pg_llm_cy decode 15496 995
     python -m pg_llm_cy models
+    python -m pg_llm_cy train --model M --steps 1000 [--batch-size 8 --learning-rate 6e-4 ...]
 
 The server comes from --dsn, else $PG_LLM_DSN, else libpq's environment
 (PGHOST, PGPORT, PGDATABASE, PGUSER).
@@ -13,10 +14,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import psycopg
 
-from pg_llm_cy.client import Client, default_dsn
+from pg_llm_cy.client import TRAIN_ARGS, Client, TrainProgress, default_dsn
+
+_TRAIN_TYPES = {"batch_size": int, "block_size": int, "learning_rate": float, "min_lr": float,
+                "warmup_iters": int, "lr_decay_iters": int, "weight_decay": float, "beta1": float,
+                "beta2": float, "grad_clip": float, "gradient_accumulation_steps": int,
+                "dropout": float, "eval_interval": int, "eval_iters": int, "seed": int,
+                "max_seconds": float, "checkpoint_interval": int, "dataset": str,
+                "log_interval": int, "eps": float}
 
 
 def _generation_args(p):
@@ -70,6 +79,48 @@ def cmd_generate(llm: Client, a) -> int:
     return 0
 
 
+class TrainBar:
+    """The live line of a training run: a bar, the step, loss, lr, speed, ETA;
+    evaluations are kept as lines of their own."""
+
+    def __init__(self, n_steps: int, out=sys.stderr):
+        self.n, self.out, self.first, self.t0 = max(n_steps, 1), out, None, time.time()
+
+    def __call__(self, ev: TrainProgress) -> None:
+        if self.first is None:
+            self.first = ev.step - 1
+        done = ev.step - self.first
+        frac = min(done / self.n, 1.0)
+        bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
+        eta = (time.time() - self.t0) / max(done, 1) * (self.n - done)
+        line = (f"\r[{bar}] {done}/{self.n} step {ev.step} loss {ev.loss:.4f} lr {ev.lr:.2e} "
+                f"{ev.tokens_per_s:.0f} tok/s ETA {eta:.0f}s ")
+        self.out.write(line)
+        if ev.val_loss is not None:
+            self.out.write(f"\n  step {ev.step}: val loss {ev.val_loss:.4f}, "
+                           f"val perplexity {ev.val_perplexity:.2f}\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.write("\n")
+        self.out.flush()
+
+
+def cmd_train(llm: Client, a) -> int:
+    hyper = {k: getattr(a, k) for k in TRAIN_ARGS if getattr(a, k) is not None}
+    bar = None if a.quiet else TrainBar(a.steps)
+    try:
+        last = llm.train(a.steps, model=a.model, progress=bar, **hyper)
+    finally:
+        if bar is not None:
+            bar.close()
+    if last:
+        val = f", val loss {last['val_loss']:.4f}" if last["val_loss"] is not None else ""
+        print(f"trained {a.model or 'the default model'} to step {last['step']}: "
+              f"loss {last['loss']:.4f}{val}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pg_llm_cy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("ids", nargs="+", type=int)
     d.add_argument("--model")
     sub.add_parser("models", help="list the models")
+
+    t = sub.add_parser("train", help="train on llm_dataset (CALL llm_train_run) with a progress bar",
+                       description="Hyper-parameters not given take llm_train_run's defaults.")
+    t.add_argument("--model")
+    t.add_argument("--steps", type=int, required=True)
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name in TRAIN_ARGS:
+        t.add_argument("--" + name.replace("_", "-"), dest=name, type=_TRAIN_TYPES[name])
     return ap
 
 
@@ -116,6 +175,8 @@ def main(argv=None) -> int:
             if a.cmd == "decode":
                 print(llm.decode(a.ids, a.model))
                 return 0
+            if a.cmd == "train":
+                return cmd_train(llm, a)
             if a.cmd == "models":
                 for model, n_params, weights, tok in llm.models():
                     print(f"{model}\t{n_params}\tweights={'yes' if weights else 'no'}\t"
@@ -127,5 +188,8 @@ def main(argv=None) -> int:
             print(f"hint: {e.diag.message_hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if a.cmd == "train":
+            print("pg_llm: training interrupted; the model keeps its last write-back "
+                  "(every --checkpoint-interval steps)", file=sys.stderr)
         return 130
     return 2

@@ -1,5 +1,6 @@
 """A psycopg 3 client for pg_llm: generation (whole, streamed, beam search),
-tokenizer, logits.  Everything runs in the database; this only calls SQL.
+tokenizer, logits, training with live progress.  Everything runs in the
+database; this only calls SQL.
 
     >>> from pg_llm_cy.client import Client
     >>> llm = Client("dbname=postgres", model="gpt2-small")
@@ -10,11 +11,13 @@ tokenizer, logits.  Everything runs in the database; this only calls SQL.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import psycopg
+import psycopg.rows
 
 
 @dataclass
@@ -33,6 +36,46 @@ class Beam:
     score: float
     token_ids: list
     text: str
+
+
+@dataclass
+class TrainProgress:
+    """One step of a training run, as its NOTICE reports it."""
+    step: int                   # the model's optimizer step after this one
+    loss: float
+    lr: float
+    tokens_per_s: float
+    grad_norm: Optional[float] = None
+    val_loss: Optional[float] = None
+    val_perplexity: Optional[float] = None
+
+
+# llm_train_run's keyword arguments (nanoGPT's names)
+TRAIN_ARGS = ("batch_size", "block_size", "learning_rate", "min_lr", "warmup_iters",
+              "lr_decay_iters", "weight_decay", "beta1", "beta2", "grad_clip",
+              "gradient_accumulation_steps", "dropout", "eval_interval", "eval_iters", "seed",
+              "max_seconds", "checkpoint_interval", "dataset", "log_interval", "eps")
+_FLOAT_ARGS = {"learning_rate", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip",
+               "dropout", "max_seconds", "eps"}
+_STEP_NOTICE = re.compile(r"^step (\d+) \| (.*)$")
+
+
+def parse_train_notice(message: str) -> Optional[TrainProgress]:
+    """The TrainProgress of a training NOTICE ("step 10 | loss 5.1234 | ..."), else None."""
+    m = _STEP_NOTICE.match(message)
+    if not m:
+        return None
+    fields = {}
+    for part in m.group(2).split(" | "):
+        words = part.split(" ")
+        if part.endswith("tokens/s"):
+            fields["tokens_per_s"] = float(words[0])
+        else:
+            fields["_".join(words[:-1])] = float(words[-1])
+    return TrainProgress(step=int(m.group(1)), loss=fields["loss"], lr=fields["lr"],
+                         tokens_per_s=fields.get("tokens_per_s", 0.0),
+                         grad_norm=fields.get("grad_norm"), val_loss=fields.get("val_loss"),
+                         val_perplexity=fields.get("val_perplexity"))
 
 
 GENERATE_ARGS = ("prompt", "max_tokens", "temperature", "topk", "topp", "model_name",
@@ -142,3 +185,51 @@ class Client:
     def models(self) -> list:
         return self.conn.execute("SELECT model, n_params, has_weights, has_tokenizer FROM llm_models "
                                  "ORDER BY model").fetchall()
+
+    # -- training -----------------------------------------------------------
+    def train(self, n_steps: int, model: Optional[str] = None,
+              progress: Optional[Callable[[TrainProgress], None]] = None, **hyper) -> dict:
+        """CALL llm_train_run(model, n_steps, **hyper): the run commits every
+        step and writes the model back every checkpoint_interval steps.
+        progress(TrainProgress) is called as the server reports steps (every
+        log_interval steps, 1 unless given, and at every evaluation).
+        Returns the run's last llm_train_log row as a dict."""
+        model = self._model(model) or self.conn.execute(
+            "SELECT current_setting('pg_llm.default_model', true)").fetchone()[0]
+        if not model:
+            raise ValueError("train: name a model (or set pg_llm.default_model)")
+        unknown = set(hyper) - set(TRAIN_ARGS)
+        if unknown:
+            raise TypeError(f"train: unknown hyper-parameters {sorted(unknown)}; "
+                            f"known: {', '.join(TRAIN_ARGS)}")
+        if not self.conn.autocommit:
+            raise ValueError("train: the connection must be in autocommit mode "
+                             "(llm_train_run commits as it goes)")
+        if progress is not None:
+            hyper.setdefault("log_interval", 1)
+        hyper = {k: v for k, v in hyper.items() if v is not None}
+        args = "".join(f", {k} => %({k})s" + ("::float8" if k in _FLOAT_ARGS else "")
+                       for k in hyper)
+        first = self.conn.execute("SELECT coalesce(max(id), 0) FROM llm_train_log").fetchone()[0]
+
+        def on_notice(diag):
+            ev = parse_train_notice(diag.message_primary or "")
+            if ev is not None and progress is not None:
+                progress(ev)
+
+        self.conn.add_notice_handler(on_notice)
+        try:
+            self.conn.execute(f"CALL llm_train_run(%(model)s, %(n_steps)s{args})",
+                              dict(hyper, model=model, n_steps=n_steps))
+        finally:
+            self.conn.remove_notice_handler(on_notice)
+        with self.conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            last = cur.execute("SELECT step, lr, loss, grad_norm, val_loss, tokens_per_s FROM llm_train_log "
+                               "WHERE model = %s AND id > %s ORDER BY id DESC LIMIT 1",
+                               (model, first)).fetchone()
+        return last or {}
+
+    def evaluate(self, split: str = "val", model: Optional[str] = None, dataset: str = "default") -> tuple:
+        """(loss, perplexity) of the model on every block of a split."""
+        return tuple(self.conn.execute("SELECT loss, perplexity FROM llm_evaluate(%s, %s, %s)",
+                                       (self._model(model), split, dataset)).fetchone())

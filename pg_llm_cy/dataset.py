@@ -1,9 +1,9 @@
 """Dataset preparation from the client: text files -> llm_dataset blocks.
 
 The text is tokenized by the server (llm_encode, the model's own tokenizer)
-in pieces, so that a progress bar can follow; pieces end after a newline
-that a non-space character follows, where GPT-2's pre-tokenizer always cuts,
-so the ids equal those of the whole text at once.  As nanoGPT, the last
+in pieces, so that a progress bar can follow; pieces end after a lone
+newline between printable characters, where GPT-2's pre-tokenizer always
+cuts, so the ids equal those of the whole text at once.  As nanoGPT, the last
 val_fraction of the tokens is the validation split; each split is cut into
 non-overlapping blocks of block_size tokens with their next-token targets.
 """
@@ -16,12 +16,22 @@ from typing import Iterable
 PIECE = 256 * 1024
 
 
+def _cut_after(text: str, end: int) -> bool:
+    """A lone '\\n' between two printable ASCII characters: the pre-tokenizer
+    makes it a token of its own whatever follows (a run of newlines would not
+    do: at the end of a piece it would become one token)."""
+    def printable(c):
+        return " " < c <= "~"
+    return text[end - 1] == "\n" and printable(text[end - 2]) and printable(text[end])
+
+
 def pieces(text: str, size: int = PIECE) -> Iterable[str]:
-    """Cut text where tokenization does not cross: after '\\n' before a non-space."""
+    """Cut text into pieces of about `size` characters that tokenize to the ids
+    of the whole text."""
     start = 0
     while start < len(text):
         end = min(start + size, len(text))
-        while end < len(text) and not (text[end - 1] == "\n" and not text[end].isspace()):
+        while end < len(text) and not (end - start >= 2 and _cut_after(text, end)):
             end += 1
         yield text[start:end]
         start = end

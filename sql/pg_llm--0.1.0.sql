@@ -374,7 +374,7 @@ CREATE FUNCTION pg_llm_train_begin(model text, n_steps int, batch_size int, bloc
                                    lr_decay_iters int, weight_decay float8, beta1 float8,
                                    beta2 float8, grad_clip float8, gradient_accumulation_steps int,
                                    dropout float8, eval_interval int, eval_iters int, seed int,
-                                   max_seconds float8, dataset text, log_interval int)
+                                   max_seconds float8, dataset text, log_interval int, eps float8)
 RETURNS int
 AS 'MODULE_PATHNAME', 'pg_llm_train_begin' LANGUAGE C VOLATILE;
 CREATE FUNCTION pg_llm_train_steps(model text, n int) RETURNS int
@@ -392,7 +392,8 @@ CREATE FUNCTION llm_train(model text, n_steps int, batch_size int DEFAULT 8, blo
                           gradient_accumulation_steps int DEFAULT 1, dropout float8 DEFAULT 0.0,
                           eval_interval int DEFAULT 100, eval_iters int DEFAULT 20,
                           seed int DEFAULT 1337, max_seconds float8 DEFAULT NULL,
-                          dataset text DEFAULT 'default', log_interval int DEFAULT 10)
+                          dataset text DEFAULT 'default', log_interval int DEFAULT 10,
+                          eps float8 DEFAULT 1e-8)
 RETURNS float8
 LANGUAGE plpgsql VOLATILE
 SET search_path FROM CURRENT
@@ -405,7 +406,7 @@ BEGIN
     PERFORM @extschema@.pg_llm_train_begin(model, n_steps, batch_size, block_size, learning_rate,
         min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip,
         gradient_accumulation_steps, dropout, eval_interval, eval_iters, seed, max_seconds,
-        dataset, log_interval);
+        dataset, log_interval, eps);
     WHILE done < n_steps LOOP
         k := @extschema@.pg_llm_train_steps(model, n_steps - done);
         done := done + k;
@@ -418,8 +419,47 @@ BEGIN
     RETURN last;
 END
 $$;
-COMMENT ON FUNCTION llm_train(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int)
+COMMENT ON FUNCTION llm_train(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8)
     IS 'train n_steps AdamW steps on llm_dataset in one transaction (llm_train_run commits as it goes); returns the last training loss';
+
+-- pg_gpt2's form, llm_train(model, n_steps, n_layer, n_head, D, vocab,
+-- dropout_p, beta1, beta2, eps, wd, lr_max, warmup, grad_clip, grad_workers,
+-- prune_workers), so that its callers keep working: the shape arguments
+-- must name the model's own shape; the workers arguments are accepted and
+-- have no effect (pg_llm.num_threads sets the threads)
+CREATE FUNCTION llm_train(model text, n_steps int, n_layer int, n_head int, d int, vocab int,
+                          dropout_p float4 DEFAULT 0.1, beta1 float4 DEFAULT 0.9,
+                          beta2 float4 DEFAULT 0.999, eps float4 DEFAULT 1e-8,
+                          wd float4 DEFAULT 0.01, lr_max float4 DEFAULT 2.5e-4,
+                          warmup int DEFAULT 2000, grad_clip float4 DEFAULT NULL,
+                          grad_workers int DEFAULT 1, prune_workers int DEFAULT 1)
+RETURNS float8
+LANGUAGE plpgsql VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    cfg record;
+BEGIN
+    SELECT c.n_layer, c.n_head, c.d_model, c.vocab INTO cfg
+      FROM @extschema@.llm_model_config c WHERE c.model = llm_train.model;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object';
+    END IF;
+    IF (cfg.n_layer, cfg.n_head, cfg.d_model, cfg.vocab) IS DISTINCT FROM (n_layer, n_head, d, vocab) THEN
+        RAISE EXCEPTION 'llm_train: model "%" has n_layer %, n_head %, d_model %, vocab %, not %, %, %, %',
+              model, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.vocab, n_layer, n_head, d, vocab
+              USING ERRCODE = 'invalid_parameter_value',
+                    HINT = 'The shape arguments of pg_gpt2''s llm_train must match llm_model_config; or call llm_train(model, n_steps, batch_size => ...).';
+    END IF;
+    RETURN @extschema@.llm_train(model, n_steps, learning_rate => lr_max::float8,
+                                 warmup_iters => warmup, weight_decay => wd::float8,
+                                 beta1 => beta1::float8, beta2 => beta2::float8,
+                                 grad_clip => coalesce(grad_clip, 0)::float8,
+                                 dropout => dropout_p::float8, eps => eps::float8);
+END
+$$;
+COMMENT ON FUNCTION llm_train(text, int, int, int, int, int, float4, float4, float4, float4, float4, float4, int, float4, int, int)
+    IS 'pg_gpt2''s llm_train form (shape arguments checked against the model; grad_workers and prune_workers have no effect): calls llm_train with learning_rate => lr_max, warmup_iters => warmup, weight_decay => wd, dropout => dropout_p';
 
 CREATE PROCEDURE llm_train_run(model text, n_steps int, batch_size int DEFAULT 8, block_size int DEFAULT NULL,
                                learning_rate float8 DEFAULT 6e-4, min_lr float8 DEFAULT NULL,
@@ -430,7 +470,7 @@ CREATE PROCEDURE llm_train_run(model text, n_steps int, batch_size int DEFAULT 8
                                eval_interval int DEFAULT 100, eval_iters int DEFAULT 20,
                                seed int DEFAULT 1337, max_seconds float8 DEFAULT NULL,
                                checkpoint_interval int DEFAULT 100, dataset text DEFAULT 'default',
-                               log_interval int DEFAULT 10)
+                               log_interval int DEFAULT 10, eps float8 DEFAULT 1e-8)
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -441,10 +481,12 @@ BEGIN
         RAISE EXCEPTION 'llm_train_run: checkpoint_interval must be positive'
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- fails at once inside a transaction block, before any work
+    COMMIT;
     PERFORM @extschema@.pg_llm_train_begin(model, n_steps, batch_size, block_size, learning_rate,
         min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip,
         gradient_accumulation_steps, dropout, eval_interval, eval_iters, seed, max_seconds,
-        dataset, log_interval);
+        dataset, log_interval, eps);
     COMMIT;
     WHILE done < n_steps LOOP
         -- one step per transaction: its log row is visible at once
@@ -459,7 +501,7 @@ BEGIN
     PERFORM @extschema@.pg_llm_train_end(model);
 END
 $$;
-COMMENT ON PROCEDURE llm_train_run(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, int, text, int)
+COMMENT ON PROCEDURE llm_train_run(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, int, text, int, float8)
     IS 'train n_steps, committing every step (llm_train_log) and writing parameters and AdamW state back every checkpoint_interval steps and at the end; CALL it outside a transaction block';
 
 CREATE FUNCTION llm_train_step(model text, tokens int[], targets int[], learning_rate float8 DEFAULT 1e-4,

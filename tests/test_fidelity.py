@@ -4,20 +4,15 @@ random models of several shapes up to gpt2-small's.  Checkpoints written by
 save_pretrained go through scripts/convert_gpt2_checkpoint.py and
 pg_llm_import_npz, which tests both.  (torch is a test-only dependency; no
 hub access.)"""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import torch
-import transformers
 
 from helpers import load_tokenizer, sql_value
+from torch_ref import hf_model, import_hf
 
 pytestmark = pytest.mark.heavy
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SHAPES = {  # name: (n_layer, n_head, n_embd, n_positions, vocab)
     "fid_tiny": (2, 2, 32, 64, 100),
@@ -28,30 +23,12 @@ SHAPES = {  # name: (n_layer, n_head, n_embd, n_positions, vocab)
 PROMPTS = ["The meaning of life is", "Once upon a time, in a land far away,", "ROMEO:", "1 2 3 4"]
 
 
-def hf_model(L, H, C, T, V, seed):
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(n_layer=L, n_head=H, n_embd=C, n_positions=T, vocab_size=V,
-                                  bos_token_id=min(50256, V - 1), eos_token_id=min(50256, V - 1))
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():           # make biases and layernorms non-trivial
-        for name, p in model.named_parameters():
-            if "ln" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
 def import_model(name, conn, server_dir, tmp_path_factory, data_dir):
     L, H, C, T, V = SHAPES[name]
     model = hf_model(L, H, C, T, V, seed=len(name))
-    ckpt = str(tmp_path_factory.mktemp(name))
-    model.save_pretrained(ckpt, safe_serialization=(name != "fid_odd"))   # one .bin, the rest safetensors
-    out = os.path.join(server_dir, f"{name}.npz")
-    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "convert_gpt2_checkpoint.py"),
-                        ckpt, out], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    os.chmod(out, 0o644)
-    sql_value(conn, "SELECT pg_llm_import_npz(%s, %s, %s)", (out, name, H))
-    os.unlink(out)
+    # one .bin checkpoint, the rest safetensors
+    import_hf(conn, model, name, server_dir, tmp_path_factory.mktemp(name),
+              safetensors=(name != "fid_odd"))
     if V == 50257:
         load_tokenizer(conn, name, data_dir)
     return name, model

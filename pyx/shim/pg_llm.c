@@ -6,6 +6,7 @@
 
 #include <signal.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <omp.h>
 
 #include "catalog/pg_type.h"
@@ -210,6 +211,7 @@ float *
 pgllm_alloc_floats(int64 n, const char *what)
 {
 	Size		bytes;
+	void	   *ptr;
 
 	if (n < 0 || n > (int64) (SIZE_MAX / sizeof(float) / 2))
 		ereport(ERROR,
@@ -221,7 +223,22 @@ pgllm_alloc_floats(int64 n, const char *what)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("pg_llm: %s needs %zu MB, more than pg_llm.max_memory_mb (%d MB)",
 						what, bytes / (1024 * 1024), pgllm_max_memory_mb)));
-	return (float *) MemoryContextAllocHuge(CurrentMemoryContext, bytes > 0 ? bytes : 1);
+	ptr = MemoryContextAllocHuge(CurrentMemoryContext, bytes > 0 ? bytes : 1);
+#ifdef MADV_HUGEPAGE
+	/*
+	 * Large buffers (weights, activations, logits) are walked by every step:
+	 * with transparent huge pages in "madvise" mode they need asking for.
+	 * Untouched yet, so the whole 2 MB pieces inside get huge pages.
+	 */
+	if (bytes >= 4 * 1024 * 1024)
+	{
+		uintptr_t	start = TYPEALIGN(4096, (uintptr_t) ptr);
+		uintptr_t	end = TYPEALIGN_DOWN(4096, (uintptr_t) ptr + bytes);
+
+		(void) madvise((void *) start, end - start, MADV_HUGEPAGE);
+	}
+#endif
+	return (float *) ptr;
 }
 
 static void

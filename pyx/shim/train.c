@@ -246,16 +246,23 @@ load_split(const char *dataset, const char *split, Split *out, MemoryContext ctx
 	SPI_finish();
 }
 
-/* batch (B, T) number `which` of a step: rows and offsets from the seed */
+/*
+ * Micro-batch `micro` (B sequences of T tokens) of optimizer step `step`:
+ * sequence j = micro * B + b of the step takes a row and an offset drawn
+ * from (seed, step, j), so B x accumulation sees the same data however it is
+ * split into micro-batches.
+ */
 static void
-sample_batch(const Split *s, int64 B, int64 T, uint64 seed, uint64 stream, int32 *tok, int32 *tgt)
+sample_batch(const Split *s, int64 B, int64 T, uint64 seed, uint64 step, int64 micro,
+			 int32 *tok, int32 *tgt)
 {
 	int64		b;
 
 	for (b = 0; b < B; b++)
 	{
-		uint64		r = pgllm_rand_u64(seed, stream * 1024 + 2 * b);
-		uint64		o = pgllm_rand_u64(seed, stream * 1024 + 2 * b + 1);
+		uint64		j = (uint64) (micro * B + b);
+		uint64		r = pgllm_rand_u64(seed, (step << 32) + 2 * j);
+		uint64		o = pgllm_rand_u64(seed, (step << 32) + 2 * j + 1);
 		int64		row = (int64) (r % (uint64) s->n_rows);
 		int64		off = (int64) (o % (uint64) (s->row_len - T + 1));
 
@@ -270,13 +277,16 @@ sample_batch(const Split *s, int64 B, int64 T, uint64 seed, uint64 stream, int32
 static void
 ensure_acts(int64 B, int64 T)
 {
+	MemoryContext old;
+
 	if (ts->acts && ts->acts_B == B && ts->acts_T == T)
 		return;
 	if (ts->acts)
 		pfree(ts->acts);
 	ts->acts = NULL;
-	ts->acts = MemoryContextAllocHuge(ts->ctx, sizeof(float) *
-									  pgllm_gpt2_train_floats(&ts->cfg, B, T));
+	old = MemoryContextSwitchTo(ts->ctx);
+	ts->acts = pgllm_alloc_floats(pgllm_gpt2_train_floats(&ts->cfg, B, T), "activations");
+	MemoryContextSwitchTo(old);
 	ts->acts_B = B;
 	ts->acts_T = T;
 }
@@ -367,7 +377,7 @@ eval_loss(void)
 		double		loss = 0;
 
 		/* the same validation batches at every evaluation of a run */
-		sample_batch(&ts->val, B, T, hp->seed ^ UINT64CONST(0x5eed5eed5eed5eed), (uint64) i,
+		sample_batch(&ts->val, B, T, hp->seed ^ UINT64CONST(0x5eed5eed5eed5eed), (uint64) i, 0,
 					 tok, tgt);
 		PGLLM_KERNEL(pgllm_gpt2_train_forward(&ts->cfg, ts->params, tok, tgt, B, T, 0.0f, 0,
 											  ts->acts, &loss, pgllm_cancel));
@@ -429,7 +439,7 @@ hp_check(bool ok, const char *what)
  * pg_llm_train_begin(model, n_steps, batch_size, block_size, learning_rate,
  *   min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2,
  *   grad_clip, gradient_accumulation_steps, dropout, eval_interval,
- *   eval_iters, seed, max_seconds, dataset, log_interval) -> first step
+ *   eval_iters, seed, max_seconds, dataset, log_interval, eps) -> first step
  */
 PG_FUNCTION_INFO_V1(pg_llm_train_begin);
 Datum
@@ -449,7 +459,7 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 	memset(&hp, 0, sizeof(hp));
 	hp.n_steps = PG_GETARG_INT32(1);
 	hp.batch_size = arg_int(fcinfo, 2, 8);
-	hp.block_size = arg_int(fcinfo, 3, 0);
+	hp.block_size = arg_int(fcinfo, 3, -1);	/* NULL: the rows' length */
 	hp.learning_rate = arg_f8(fcinfo, 4, 6e-4);
 	hp.min_lr = arg_f8(fcinfo, 5, hp.learning_rate / 10);
 	hp.warmup_iters = arg_int(fcinfo, 6, 100);
@@ -457,7 +467,7 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 	hp.weight_decay = arg_f8(fcinfo, 8, 0.1);
 	hp.beta1 = arg_f8(fcinfo, 9, 0.9);
 	hp.beta2 = arg_f8(fcinfo, 10, 0.95);
-	hp.eps = 1e-8;
+	hp.eps = arg_f8(fcinfo, 20, 1e-8);
 	hp.grad_clip = arg_f8(fcinfo, 11, 1.0);
 	hp.grad_accum = arg_int(fcinfo, 12, 1);
 	hp.dropout = arg_f8(fcinfo, 13, 0.0);
@@ -475,6 +485,7 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 	hp_check(hp.weight_decay >= 0 && isfinite(hp.weight_decay), "weight_decay must not be negative");
 	hp_check(hp.beta1 >= 0 && hp.beta1 < 1, "beta1 must lie in [0, 1)");
 	hp_check(hp.beta2 >= 0 && hp.beta2 < 1, "beta2 must lie in [0, 1)");
+	hp_check(hp.eps > 0 && isfinite(hp.eps), "eps must be positive");
 	hp_check(hp.grad_clip >= 0 && isfinite(hp.grad_clip), "grad_clip must not be negative (0 turns it off)");
 	hp_check(hp.grad_accum >= 1, "gradient_accumulation_steps must be positive");
 	hp_check(hp.dropout >= 0 && hp.dropout < 1, "dropout must lie in [0, 1)");
@@ -483,6 +494,7 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 	hp_check(PG_ARGISNULL(17) || (hp.max_seconds > 0 && isfinite(hp.max_seconds)),
 			 "max_seconds must be a positive number");
 	hp_check(hp.log_interval >= 1, "log_interval must be positive");
+	hp_check(PG_ARGISNULL(3) || hp.block_size >= 1, "block_size must be positive");
 
 	state_get(model);
 	/* the data: reloaded for every run */
@@ -506,9 +518,8 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 				 errmsg("training: dataset \"%s\" has no training rows", dataset),
 				 errhint("Fill llm_dataset with llm_dataset_from_text or scripts/prepare_dataset.py.")));
 	load_split(dataset, "val", &ts->val, split_ctx, &ts->cfg);
-	if (hp.block_size == 0)
+	if (PG_ARGISNULL(3))
 		hp.block_size = (int32) Min(ts->train.row_len, ts->cfg.n_positions);
-	hp_check(hp.block_size >= 1, "block_size must be positive");
 	if (hp.block_size > ts->cfg.n_positions)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -590,8 +601,7 @@ pg_llm_train_steps(PG_FUNCTION_ARGS)
 			}
 		}
 		for (i = 0; i < hp->grad_accum; i++)
-			sample_batch(&ts->train, B, T, hp->seed, (uint64) ts->step * hp->grad_accum + i,
-						 toks[i], tgts[i]);
+			sample_batch(&ts->train, B, T, hp->seed, (uint64) ts->step, i, toks[i], tgts[i]);
 		lr = pgllm_lr_schedule(ts->step, hp->warmup_iters, hp->lr_decay_iters, hp->learning_rate,
 							   hp->min_lr);
 		ts->valid = false;		/* until this step is complete */
