@@ -542,6 +542,111 @@ cdef int64_t _merge_piece(BPEState *s, const uint8_t *p, int64_t n) noexcept nog
     return m
 
 
+# Long pieces (a run of 100,000 letters is one pre-token) would make the
+# quadratic loop above take seconds: beyond LONG_PIECE bytes the same merges
+# are made with a min-heap of (rank, position) over a linked list of parts,
+# O(n log n).  The heap pops the lowest rank and, among equal ranks, the
+# leftmost pair, exactly the choice of the loop above; stale entries (a part
+# merged away, a pair whose rank changed) are skipped when popped.
+DEF LONG_PIECE = 256
+
+
+cdef inline void _heap_push(uint64_t *heap, int64_t *size, uint64_t key) noexcept nogil:
+    cdef int64_t i = size[0], parent
+    size[0] = i + 1
+    while i > 0:
+        parent = (i - 1) >> 1
+        if heap[parent] <= key:
+            break
+        heap[i] = heap[parent]
+        i = parent
+    heap[i] = key
+
+
+cdef inline uint64_t _heap_pop(uint64_t *heap, int64_t *size) noexcept nogil:
+    cdef uint64_t top = heap[0], last
+    cdef int64_t n = size[0] - 1, i = 0, child
+    size[0] = n
+    if n == 0:
+        return top
+    last = heap[n]
+    while True:
+        child = 2 * i + 1
+        if child >= n:
+            break
+        if child + 1 < n and heap[child + 1] < heap[child]:
+            child = child + 1
+        if last <= heap[child]:
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = last
+    return top
+
+
+cdef int64_t _merge_piece_long(BPEState *s, const uint8_t *p, int64_t n,
+                               const int *cancel) noexcept nogil:
+    """_merge_piece for long pieces; -1: out of memory, -2: cancelled."""
+    cdef int32_t *parts = s.parts           # token of each node (nodes never move)
+    cdef int32_t *ranks = s.ranks           # rank of the pair a node starts
+    cdef int64_t *nxt = <int64_t *> malloc(n * sizeof(int64_t))
+    cdef int64_t *prv = <int64_t *> malloc(n * sizeof(int64_t))
+    cdef uint64_t *heap = <uint64_t *> malloc(3 * n * sizeof(uint64_t))
+    cdef int64_t size = 0, k, a, b, m = 0, pops = 0
+    cdef int32_t r
+    cdef uint64_t key
+    if nxt == NULL or prv == NULL or heap == NULL:
+        free(nxt)
+        free(prv)
+        free(heap)
+        return -1
+    for k in range(n):
+        parts[k] = s.byte_id[p[k]]
+        nxt[k] = k + 1 if k + 1 < n else -1
+        prv[k] = k - 1
+    for k in range(n - 1):
+        ranks[k] = _pair_lookup(s, parts[k], parts[k + 1])
+        if ranks[k] != MAX_RANK:
+            _heap_push(heap, &size, (<uint64_t> ranks[k] << 32) | <uint64_t> k)
+    ranks[n - 1] = MAX_RANK
+    while size > 0:
+        pops = pops + 1
+        if (pops & 65535) == 0 and PGLLM_CANCELLED(cancel):
+            free(nxt)
+            free(prv)
+            free(heap)
+            return -2
+        key = _heap_pop(heap, &size)
+        r = <int32_t> (key >> 32)
+        a = <int64_t> (key & 0xFFFFFFFFULL)
+        if ranks[a] != r:                   # merged away or changed since
+            continue
+        b = nxt[a]
+        parts[a] = r                        # the merged token (rank == id)
+        ranks[b] = MAX_RANK                 # node b is gone
+        nxt[a] = nxt[b]
+        if nxt[a] >= 0:
+            prv[nxt[a]] = a
+            ranks[a] = _pair_lookup(s, parts[a], parts[nxt[a]])
+            if ranks[a] != MAX_RANK:
+                _heap_push(heap, &size, (<uint64_t> ranks[a] << 32) | <uint64_t> a)
+        else:
+            ranks[a] = MAX_RANK
+        if prv[a] >= 0:
+            ranks[prv[a]] = _pair_lookup(s, parts[prv[a]], parts[a])
+            if ranks[prv[a]] != MAX_RANK:
+                _heap_push(heap, &size, (<uint64_t> ranks[prv[a]] << 32) | <uint64_t> prv[a])
+    k = 0
+    while k >= 0:                           # compact the survivors in order
+        parts[m] = parts[k]
+        m = m + 1
+        k = nxt[k]
+    free(nxt)
+    free(prv)
+    free(heap)
+    return m
+
+
 cdef int64_t _cache_find(const BPEState *s, const uint8_t *p, int64_t n, uint64_t h) noexcept nogil:
     cdef uint64_t slot = h & <uint64_t> (CACHE_SLOTS - 1)
     while s.wc_off[slot] >= 0:
@@ -605,6 +710,11 @@ cdef public int64_t pgllm_bpe_encode(PgllmBPE *bpe, const uint8_t *text, int64_t
             if tok >= 0:
                 s.parts[0] = tok
                 m = 1
+            elif n > LONG_PIECE:
+                m = _merge_piece_long(s, text + i, n, cancel)
+                if m < 0:
+                    status[0] = PGLLM_ENOMEM if m == -1 else PGLLM_INTERRUPTED
+                    return -1
             else:
                 m = _merge_piece(s, text + i, n)
             src = s.parts

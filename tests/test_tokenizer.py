@@ -87,6 +87,22 @@ def test_arbitrary_text_matches_tiktoken(py_tokenizer, tiktoken_gpt2, text):
     assert py_tokenizer.decode(ids) == text
 
 
+# pieces longer than 256 bytes take the heap-based merge: the same ids
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["ab", "abc", "the", "aeiou", "xyzq", "\u00e9\u00fc", "a\u4e2d", "0123456789"]),
+       st.integers(200, 3000), st.randoms(use_true_random=False))
+def test_long_pieces_match_tiktoken(py_tokenizer, tiktoken_gpt2, alphabet, n, rnd):
+    text = "".join(rnd.choice(alphabet) for _ in range(n))
+    assert py_tokenizer.encode(text).tolist() == tiktoken_gpt2.encode_ordinary(text)
+
+
+def test_very_long_piece_in_sql(conn, tok_model, tiktoken_gpt2):
+    """One pre-token of 2 MB (a run of letters): n log n, not n^2 (which took
+    3 s for 100 kB and could not be cancelled)."""
+    ids = sql_value(conn, "SELECT llm_encode(repeat('xy', 1000000), 'tok')")
+    assert ids == tiktoken_gpt2.encode_ordinary("xy" * 1000000)
+
+
 def test_endoftext_is_plain_text(conn, tok_model, tiktoken_gpt2):
     ids = sql_value(conn, "SELECT llm_encode('a<|endoftext|>b', 'tok')")
     assert ids == tiktoken_gpt2.encode_ordinary("a<|endoftext|>b") and 50256 not in ids

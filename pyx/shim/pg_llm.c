@@ -4,6 +4,7 @@
  */
 #include "pg_llm.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <pthread.h>
 #include <sys/mman.h>
@@ -47,7 +48,7 @@ _PG_init(void)
 	 */
 	DefineCustomIntVariable("pg_llm.num_threads",
 							"OpenMP threads used by this session's kernels.",
-							"0 uses every CPU the server may run on.",
+							"0 uses every CPU the server may run on; more than that are not used.",
 							&pgllm_num_threads, 0, 0, 1024,
 							PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("pg_llm.default_model",
@@ -57,11 +58,11 @@ _PG_init(void)
 	DefineCustomIntVariable("pg_llm.model_cache_mb",
 							"Per-backend bound of the cache of model parameters.",
 							NULL, &pgllm_model_cache_mb, 2048, 0, INT_MAX / 2,
-							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
+							PGC_SUSET, GUC_UNIT_MB, NULL, NULL, NULL);
 	DefineCustomIntVariable("pg_llm.max_memory_mb",
 							"Largest working memory one pg_llm call may use (activations, KV cache, scratch).",
 							NULL, &pgllm_max_memory_mb, 8192, 1, INT_MAX / 2,
-							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
+							PGC_SUSET, GUC_UNIT_MB, NULL, NULL, NULL);
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("pg_llm");
 #else
@@ -75,7 +76,9 @@ _PG_init(void)
 void
 pgllm_threads_prepare(void)
 {
-	int			want = pgllm_num_threads > 0 ? pgllm_num_threads : omp_get_num_procs();
+	/* never more threads than CPUs: oversubscribed OpenMP teams only spin */
+	int			procs = omp_get_num_procs();
+	int			want = pgllm_num_threads > 0 ? Min(pgllm_num_threads, procs) : procs;
 
 	omp_set_num_threads(want);
 	if (want > pool_threads_started)
@@ -320,6 +323,31 @@ pgllm_require_file_role(bool write, const char *what)
 						   write ? "pg_write_server_files" : "pg_read_server_files", what)));
 }
 
+/* a path the file system would refuse for its length: a plain ERROR first */
+void
+pgllm_check_path(const char *path)
+{
+	const char *p = path;
+	size_t		component = 0;
+
+	if (strlen(path) >= MAXPGPATH)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("file path is too long (%zu bytes; at most %d)", strlen(path), MAXPGPATH - 1)));
+	for (; *p; p++)
+	{
+		component = (*p == '/') ? 0 : component + 1;
+		if (component > NAME_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_NAME_TOO_LONG),
+					 errmsg("a file name in the path is longer than %d bytes", NAME_MAX)));
+	}
+	if (path[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the file path is empty")));
+}
+
 int
 pgllm_open_server_file(const char *path, int64 *size)
 {
@@ -327,6 +355,7 @@ pgllm_open_server_file(const char *path, int64 *size)
 	struct stat st;
 
 	pgllm_require_file_role(false, "read server files");
+	pgllm_check_path(path);
 	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
 	if (fd < 0)
 		ereport(ERROR,

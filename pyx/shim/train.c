@@ -356,6 +356,13 @@ optimizer_step(double lr, double weight_decay, double beta1, double beta2, doubl
 										 (float) beta1, (float) beta2, (float) eps,
 										 (float) weight_decay, ts->step + 1, (float) scale),
 						"adamw");
+	/* never write back a diverged model: the state reloads from the tables */
+	if (!isfinite(pgllm_sum_squares(ts->params, ts->nparams)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
+				 errmsg("training model \"%s\": the parameters are not finite after step %lld",
+						ts->model, (long long) ts->step + 1),
+				 errhint("Lower learning_rate; the model keeps its last written-back parameters.")));
 	ts->step++;
 	return norm;
 }
@@ -487,7 +494,8 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 	hp_check(hp.beta2 >= 0 && hp.beta2 < 1, "beta2 must lie in [0, 1)");
 	hp_check(hp.eps > 0 && isfinite(hp.eps), "eps must be positive");
 	hp_check(hp.grad_clip >= 0 && isfinite(hp.grad_clip), "grad_clip must not be negative (0 turns it off)");
-	hp_check(hp.grad_accum >= 1, "gradient_accumulation_steps must be positive");
+	hp_check(hp.grad_accum >= 1 && hp.grad_accum <= 65536,
+			 "gradient_accumulation_steps must lie in [1, 65536]");
 	hp_check(hp.dropout >= 0 && hp.dropout < 1, "dropout must lie in [0, 1)");
 	hp_check(hp.eval_interval >= 0, "eval_interval must not be negative (0 turns it off)");
 	hp_check(hp.eval_iters >= 1, "eval_iters must be positive");
@@ -562,6 +570,7 @@ pg_llm_train_steps(PG_FUNCTION_ARGS)
 				T;
 	int32	  **toks;
 	int32	  **tgts;
+	int32	   *batches;
 	int32		done = 0;
 	int32		i;
 
@@ -571,10 +580,12 @@ pg_llm_train_steps(PG_FUNCTION_ARGS)
 	T = hp->block_size;
 	toks = palloc(sizeof(int32 *) * hp->grad_accum);
 	tgts = palloc(sizeof(int32 *) * hp->grad_accum);
+	/* int32 ids are float-sized: one buffer, under pg_llm.max_memory_mb */
+	batches = (int32 *) pgllm_alloc_floats(2 * B * T * (int64) hp->grad_accum, "batches");
 	for (i = 0; i < hp->grad_accum; i++)
 	{
-		toks[i] = palloc(sizeof(int32) * B * T);
-		tgts[i] = palloc(sizeof(int32) * B * T);
+		toks[i] = batches + 2 * i * B * T;
+		tgts[i] = toks[i] + B * T;
 	}
 	while (done < n)
 	{

@@ -598,11 +598,12 @@ pg_llm_export_npz(PG_FUNCTION_ARGS)
 	int64		pos = 0;
 	OutTensor  *ts;
 
+	pgllm_require_file_role(true, "write server files");
+	pgllm_check_path(path);
 	if (!npz && !st)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("pg_llm_export_npz: the path must end in .npz or .safetensors")));
-	pgllm_require_file_role(true, "write server files");
 	pgllm_model_config(model, &cfg, NULL);
 	flat = pgllm_alloc_floats(pgllm_gpt2_param_sizes(&cfg, sizes), "model parameters");
 	if (!pgllm_params_read(model, &cfg, "data", flat))
@@ -615,6 +616,7 @@ pg_llm_export_npz(PG_FUNCTION_ARGS)
 		hf_tensor(&cfg, flat, i, &ts[i]);
 
 	tmp_path = psprintf("%s.tmp.%d", path, MyProcPid);
+	pgllm_check_path(tmp_path);
 	fd = OpenTransientFile(tmp_path, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
 	if (fd < 0)
 		ereport(ERROR,
