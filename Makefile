@@ -27,6 +27,13 @@ PG_CFLAGS   = -fopenmp
 # exported symbols); the version script keeps every other symbol local.
 SHLIB_LINK  = -fopenmp -lz -Wl,--gc-sections -Wl,--version-script=$(srcdir)/pyx/shim/exports.map
 
+# PG_LLM_SANITIZE=address: an AddressSanitizer build (scripts/fuzz_parsers.py
+# --asan-server runs the server with the ASan runtime preloaded)
+ifdef PG_LLM_SANITIZE
+PG_CFLAGS  += -fsanitize=$(PG_LLM_SANITIZE) -fno-omit-frame-pointer
+SHLIB_LINK += -fsanitize=$(PG_LLM_SANITIZE)
+endif
+
 EXTRA_CLEAN = build/pg
 
 # The generated C includes Python.h, which clang's bitcode rule can't find:
@@ -49,7 +56,9 @@ $(KERNEL_C): $(KERNEL_DEPS)
 	$(PG_LLM_PYTHON) -m cython $(CYTHON_FLAGS) -I pyx -o $@ pyx/_kernels.pyx
 
 $(KERNEL_OBJ): override CPPFLAGS += -I$(PY_INC)
-$(KERNEL_OBJ): override CFLAGS += $(KERNEL_CFLAGS) -Wno-unused-function -Wno-missing-prototypes \
+# (globals not instrumented there: their ASan metadata would keep the unused
+# Python wrappers, and with them libpython, in the link)
+$(KERNEL_OBJ): override CFLAGS += $(KERNEL_CFLAGS) $(if $(PG_LLM_SANITIZE),-fsanitize=$(PG_LLM_SANITIZE) --param asan-globals=0) -Wno-unused-function -Wno-missing-prototypes \
 	-Wno-declaration-after-statement -Wno-shadow=compatible-local -Wno-cast-function-type \
 	-Wno-unused-but-set-variable -Wno-maybe-uninitialized -Wno-uninitialized -Wno-missing-format-attribute
 

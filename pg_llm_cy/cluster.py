@@ -131,9 +131,13 @@ class LocalCluster:
                 f.write(f"{k} = {v}\n")
         return self
 
-    def start(self):
-        self._run([os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-l", self.log, "-w",
-                   "-t", "60", "start"], check=True, stdout=subprocess.DEVNULL)
+    def start(self, env: dict | None = None):
+        """Start the server; env adds to its environment (LD_PRELOAD for ASan)."""
+        cmd = [os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-l", self.log, "-w",
+               "-t", "60", "start"]
+        if env:
+            cmd = ["env"] + [f"{k}={v}" for k, v in env.items()] + cmd
+        self._run(cmd, check=True, stdout=subprocess.DEVNULL)
         return self
 
     def stop(self, mode: str = "fast"):

@@ -93,18 +93,25 @@ cdef inline float _gauss(uint64_t stream, uint64_t i) noexcept nogil:
     return <float> (r * cos(2.0 * M_PI * u2))
 
 
-cdef void _fill_normal(float *x, int64_t n, float std, uint64_t stream) noexcept nogil:
+cdef int _fill_normal(float *x, int64_t n, float std, uint64_t stream,
+                      const int *cancel) noexcept nogil:
     cdef int64_t c, i, lo, hi
     cdef int64_t nchunks = (n + CHUNK - 1) // CHUNK
     for c in prange(nchunks, num_threads=_threads_for(n), schedule='static'):
+        if PGLLM_CANCELLED(cancel):
+            continue
         lo = c * CHUNK
         hi = min(lo + CHUNK, n)
         for i in range(lo, hi):
             x[i] = std * _gauss(stream, i)
+    return _status(cancel)
 
 
 cdef public int pgllm_gpt2_init(const PgllmGPT2Config *cfg, float *params,
-                                uint64_t seed) noexcept nogil:
+                                uint64_t seed, const int *cancel) noexcept nogil:
+    """GPT-2's initialisation (nanoGPT's: N(0, 0.02), residual projections
+    N(0, 0.02 / sqrt(2 n_layer)), layernorms 1 and 0, biases 0).  Restartable:
+    every value is written, a function of (seed, tensor, index)."""
     cdef int64_t sizes[16]
     cdef Params p
     cdef int k
@@ -121,7 +128,9 @@ cdef public int pgllm_gpt2_init(const PgllmGPT2Config *cfg, float *params,
             pgllm_fill(p.t[k], sizes[k], 0.0)
         else:
             std = resid_std if (k == PGLLM_P_ATTPROJW or k == PGLLM_P_FCPROJW) else <float> 0.02
-            _fill_normal(p.t[k], sizes[k], std, _mix64(seed * <uint64_t> 31 + <uint64_t> k))
+            if _fill_normal(p.t[k], sizes[k], std, _mix64(seed * <uint64_t> 31 + <uint64_t> k),
+                            cancel) != PGLLM_OK:
+                return PGLLM_INTERRUPTED
     return PGLLM_OK
 
 
@@ -484,7 +493,7 @@ def gpt2_init(float[::1] params, int n_layer, int n_head, int n_embd, int n_posi
     if params.shape[0] != pgllm_gpt2_param_sizes(&c, sizes):
         raise ValueError("gpt2_init: wrong parameter buffer size")
     with nogil:
-        pgllm_gpt2_init(&c, &params[0], seed)
+        pgllm_gpt2_init(&c, &params[0], seed, NULL)
 
 
 def gpt2_forward_cached(const float[::1] params, tuple config, const int[::1] tokens,

@@ -204,7 +204,8 @@ enum
 int64_t	pgllm_gpt2_param_sizes(const PgllmGPT2Config *cfg, int64_t *sizes);
 /* GPT-2's initialisation from a seed: N(0, 0.02), residual projections
  * N(0, 0.02/sqrt(2 n_layer)), biases 0, layernorm weights 1 */
-int		pgllm_gpt2_init(const PgllmGPT2Config *cfg, float *params, uint64_t seed);
+int		pgllm_gpt2_init(const PgllmGPT2Config *cfg, float *params, uint64_t seed,
+							const int *cancel);
 
 /* Inference with a KV cache: B sequences, Tn new tokens each after `past`
  * cached positions.  kv is (B, L, 2, kv_cap, C); work holds

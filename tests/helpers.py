@@ -1,5 +1,10 @@
-"""Small helpers for SQL tests: float32 tensors to and from bytea."""
+"""Small helpers for SQL tests: float32 tensors to and from bytea, error
+checks, models, and a statement run in its own session (for cancellation)."""
+import threading
+import time
+
 import numpy as np
+import psycopg
 
 
 def tensor(x) -> bytes:
@@ -61,3 +66,46 @@ def hf_state(conn, name):
     for n, a in model_params(conn, name).items():
         out[n] = a.T.copy() if n.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else a
     return out
+
+
+class Runner(threading.Thread):
+    """Runs one statement in its own session and records how it ended."""
+
+    def __init__(self, dsn, sql, setup=()):
+        super().__init__(daemon=True)
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.pid = self.conn.execute("select pg_backend_pid()").fetchone()[0]
+        for s in setup:
+            self.conn.execute(s)
+        self.sql = sql
+        self.error = None
+        self.result = None
+        self.ended = None
+
+    def run(self):
+        try:
+            self.result = self.conn.execute(self.sql).fetchone()
+        except psycopg.Error as e:
+            self.error = e
+        self.ended = time.perf_counter()
+
+
+def wait_in_kernel(conn, pid, settle=1.5):
+    """Wait until `pid` runs its statement, then long enough to be inside the kernel."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        st = conn.execute("select state from pg_stat_activity where pid = %s", (pid,)).fetchone()
+        if st and st[0] == "active":
+            time.sleep(settle)
+            return
+        time.sleep(0.02)
+    raise AssertionError("statement never started")
+
+
+def assert_usable(c):
+    """The session still works after a cancel: plain SQL and a kernel."""
+    assert c.execute("select 1").fetchone()[0] == 1
+    out = c.execute("select pg_llm_tensor_array(pg_llm_matmul(%s, %s, 1, 2, 1))",
+                    (np.array([1, 2], np.float32).tobytes(),
+                     np.array([3, 4], np.float32).tobytes())).fetchone()[0]
+    assert out == [11.0]

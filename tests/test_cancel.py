@@ -3,12 +3,13 @@ within 1 second, a harmless interrupt (a memory-context dump request) makes
 the kernel restart and still return the right answer, and the session stays
 usable afterwards."""
 import hashlib
-import threading
 import time
 
 import numpy as np
 import psycopg
 import pytest
+
+from helpers import Runner, assert_usable, wait_in_kernel
 
 M, K, N = 4096, 4096, 12288      # ~412 GFLOP: several seconds on one thread
 
@@ -27,48 +28,6 @@ def cancel_inputs(conn):
                  f"pg_llm_ones_like(decode(repeat('00', {4 * 4096 * 8192}), 'hex'))")
     yield
     conn.execute("DROP TABLE cancel_inputs")
-
-
-class Runner(threading.Thread):
-    """Runs one statement in its own session and records how it ended."""
-
-    def __init__(self, dsn, sql, setup=()):
-        super().__init__(daemon=True)
-        self.conn = psycopg.connect(dsn, autocommit=True)
-        self.pid = self.conn.execute("select pg_backend_pid()").fetchone()[0]
-        for s in setup:
-            self.conn.execute(s)
-        self.sql = sql
-        self.error = None
-        self.result = None
-        self.ended = None
-
-    def run(self):
-        try:
-            self.result = self.conn.execute(self.sql).fetchone()
-        except psycopg.Error as e:
-            self.error = e
-        self.ended = time.perf_counter()
-
-
-def wait_in_kernel(conn, pid, settle=1.5):
-    """Wait until `pid` runs its statement, then long enough to be inside the kernel."""
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        st = conn.execute("select state from pg_stat_activity where pid = %s", (pid,)).fetchone()
-        if st and st[0] == "active":
-            time.sleep(settle)
-            return
-        time.sleep(0.02)
-    raise AssertionError("statement never started")
-
-
-def assert_usable(c):
-    assert c.execute("select 1").fetchone()[0] == 1
-    out = c.execute("select pg_llm_tensor_array(pg_llm_matmul(%s, %s, 1, 2, 1))",
-                    (np.array([1, 2], np.float32).tobytes(),
-                     np.array([3, 4], np.float32).tobytes())).fetchone()[0]
-    assert out == [11.0]
 
 
 def test_pg_cancel_backend_stops_kernel(conn, pg_dsn):

@@ -49,7 +49,8 @@ def test_valid_run(conn):
     (dict(beta2=-0.1), "beta2 must lie in [0, 1)"),
     (dict(eps=0.0), "eps must be positive"),
     (dict(grad_clip=-1.0), "grad_clip must not be negative"),
-    (dict(gradient_accumulation_steps=0), "gradient_accumulation_steps must be positive"),
+    (dict(gradient_accumulation_steps=0), "gradient_accumulation_steps must lie in [1, 65536]"),
+    (dict(gradient_accumulation_steps=65537), "gradient_accumulation_steps must lie in [1, 65536]"),
     (dict(dropout=1.0), "dropout must lie in [0, 1)"),
     (dict(eval_interval=-1), "eval_interval must not be negative"),
     (dict(eval_iters=0), "eval_iters must be positive"),
@@ -242,3 +243,18 @@ def test_checkpoints(conn):
                      "58P01", "/nonexistent/dir")
     # the failed export left no checkpoint behind
     assert sql_value(conn, "SELECT count(*) FROM llm_checkpoint WHERE model = 'err_train'") == 0
+
+
+def test_diverging_step_writes_nothing(conn):
+    before = conn.execute("SELECT name, data FROM llm_param WHERE model = 'err_train' ORDER BY name").fetchall()
+    # 1e300 is a positive double but infinite as float32: the update makes the weights infinite
+    assert_sql_error(conn, "SELECT llm_train_step('err_train', '{1,2,3}', '{2,3,4}', 1e300)", (), "22P01",
+                     "the parameters are not finite after step 1")
+    assert_sql_error(conn, "SELECT llm_train('err_train', 3, batch_size => 2, learning_rate => 1e300, "
+                           "warmup_iters => 0, dataset => 'err')", (), "22P01", "not finite")
+    assert conn.execute("SELECT name, data FROM llm_param WHERE model = 'err_train' ORDER BY name").fetchall() == before
+    assert_unchanged(conn)
+    # and the session trains normally afterwards, from the stored model
+    conn.execute("SELECT llm_train_step('err_train', '{1,2,3}', '{2,3,4}')")
+    assert sql_value(conn, "SELECT train_step FROM llm_model_config WHERE model = 'err_train'") == 1
+    conn.execute("UPDATE llm_model_config SET train_step = 0 WHERE model = 'err_train'")

@@ -153,16 +153,16 @@ def test_bad_files(conn, server_dir):
     s["lm_head.weight"] = s["wte.weight"] + 1
     cases.append((write(server_dir, "untied.npz", s, "npz"), "0A000", "differs from wte"))
     cases.append((corrupt(good, server_dir, "truncated.npz", lambda d: d.__delitem__(slice(size // 2, None))),
-                  "XX001", "not a valid weights file"))
+                  "22P04", "not a valid weights file"))
     cases.append((corrupt(good, server_dir, "crc.npz", lambda d: d.__setitem__(size // 2, d[size // 2] ^ 0xFF)),
-                  "XX001", "CRC"))
+                  "22P04", "CRC"))
     cases.append((corrupt(good, server_dir, "junk.npz", lambda d: d.__setitem__(slice(0, 4), b"JUNK")),
-                  "XX001", "neither"))
+                  "22P04", "neither"))
     st = write(server_dir, "base.safetensors", base, "safetensors")
     cases.append((corrupt(st, server_dir, "trunc.safetensors",
-                          lambda d: d.__delitem__(slice(len(d) - 100, None))), "XX001", "outside the file"))
+                          lambda d: d.__delitem__(slice(len(d) - 100, None))), "22P04", "outside the file"))
     cases.append((corrupt(st, server_dir, "hdr.safetensors", lambda d: d.__setitem__(slice(8, 10), b"{{")),
-                  "XX001", "malformed safetensors header"))
+                  "22P04", "malformed safetensors header"))
     cases.append(("/no/such/weights.npz", "58P01", "could not open"))
     for path, state, fragment in cases:
         assert_sql_error(conn, "SELECT pg_llm_import_npz(%s, 'badfile', 2)", (path,), state, fragment)

@@ -303,6 +303,8 @@ pgllm_param_offset(const PgllmGPT2Config *cfg, int kind, int layer, int64 *count
 /* ---------------------------------------------------------------------------
  * reading and writing parameter tables
  * ------------------------------------------------------------------------- */
+#define DETOAST_SLICE ((int64) 16 * 1024 * 1024)
+
 bool
 pgllm_params_read(const char *name, const PgllmGPT2Config *cfg, const char *column,
 				  float *dest)
@@ -399,10 +401,23 @@ pgllm_params_read(const char *name, const PgllmGPT2Config *cfg, const char *colu
 			(void) pgllm_toast_external(target_datums[j], &r2, &vid, &sz);
 			if (vid == targets[i].valueid)
 			{
-				bytea	   *b = DatumGetByteaP(target_datums[j]);
+				/* in slices: a cancel need not wait for a whole 300 MB tensor */
+				int64		done;
 
-				memcpy(targets[i].dest, VARDATA(b), targets[i].size);
-				pfree(b);
+				for (done = 0; done < targets[i].size; done += DETOAST_SLICE)
+				{
+					int64		len = Min(DETOAST_SLICE, targets[i].size - done);
+					struct varlena *b = detoast_attr_slice((struct varlena *) DatumGetPointer(target_datums[j]),
+														   (int32) done, (int32) len);
+
+					if (VARSIZE_ANY_EXHDR(b) != len)
+						ereport(ERROR,
+								(errcode(ERRCODE_DATA_CORRUPTED),
+								 errmsg("a parameter of model \"%s\" could not be read whole", name)));
+					memcpy(targets[i].dest + done, VARDATA_ANY(b), len);
+					pfree(b);
+					CHECK_FOR_INTERRUPTS();
+				}
 				break;
 			}
 		}
@@ -841,8 +856,7 @@ pg_llm_create_model(PG_FUNCTION_ARGS)
 	n = pgllm_gpt2_param_sizes(&cfg, sizes);
 	params = pgllm_alloc_params(n, "model parameters");
 	config_upsert(name, &cfg);
-	pgllm_threads_prepare();
-	pgllm_kernel_status(pgllm_gpt2_init(&cfg, params, seed), "gpt2_init");
+	PGLLM_KERNEL(pgllm_gpt2_init(&cfg, params, seed, pgllm_cancel));
 	pgllm_params_write(name, &cfg, params, NULL, NULL, true);
 	PG_RETURN_INT64(n);
 }

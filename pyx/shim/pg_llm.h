@@ -102,6 +102,7 @@ extern ReturnSetInfo *pgllm_materialized_srf(FunctionCallInfo fcinfo);
 extern void pgllm_require_file_role(bool write, const char *what);
 
 /* a server file opened for reading (privilege checked), with its size */
+extern void pgllm_zero_floats(float *p, int64 n);
 extern void pgllm_check_path(const char *path);
 extern int	pgllm_open_server_file(const char *path, int64 *size);
 

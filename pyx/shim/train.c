@@ -137,8 +137,8 @@ state_load(const char *model)
 		if (!pgllm_params_read(model, &cfg, "m", ts->m) ||
 			!pgllm_params_read(model, &cfg, "v", ts->v))
 		{
-			memset(ts->m, 0, n * sizeof(float));
-			memset(ts->v, 0, n * sizeof(float));
+			pgllm_zero_floats(ts->m, n);
+			pgllm_zero_floats(ts->v, n);
 		}
 		SPI_connect();
 		rc = SPI_execute_with_args(psprintf("SELECT train_step FROM %s WHERE model = $1",
@@ -307,11 +307,11 @@ forward_backward(int64 B, int64 T, int32 accum, const int32 *const *toks,
 	ensure_acts(B, T);
 	for (;;)
 	{
+		pgllm_zero_floats(ts->grads, ts->nparams);
 		CHECK_FOR_INTERRUPTS();
 		pgllm_threads_prepare();
 		pgllm_cancel = (INTERRUPTS_CAN_BE_PROCESSED() && !InterruptPending) ?
 			(const int *) &InterruptPending : NULL;
-		memset(ts->grads, 0, ts->nparams * sizeof(float));
 		total = 0;
 		rc = PGLLM_OK;
 		for (i = 0; i < accum && rc == PGLLM_OK; i++)
@@ -883,17 +883,16 @@ pg_llm_gradients(PG_FUNCTION_ARGS)
 	batch_args(fcinfo, &m->cfg, "llm_gradients", &tok, &tgt, &B, &T);
 	grads = pgllm_alloc_floats(m->nfloats, "gradients");
 	acts = pgllm_alloc_floats(pgllm_gpt2_train_floats(&m->cfg, B, T), "activations");
-	memset(grads, 0, m->nfloats * sizeof(float));
 	/* forward and backward in one restartable unit: the backward accumulates */
 	for (;;)
 	{
 		int			rc;
 
+		pgllm_zero_floats(grads, m->nfloats);
 		CHECK_FOR_INTERRUPTS();
 		pgllm_threads_prepare();
 		pgllm_cancel = (INTERRUPTS_CAN_BE_PROCESSED() && !InterruptPending) ?
 			(const int *) &InterruptPending : NULL;
-		memset(grads, 0, m->nfloats * sizeof(float));
 		rc = pgllm_gpt2_train_forward(&m->cfg, m->params, tok, tgt, B, T, 0.0f, 0, acts, &loss,
 									  pgllm_cancel);
 		if (rc == PGLLM_OK)

@@ -44,8 +44,9 @@ static void bad_file(const char *path, const char *what) pg_attribute_noreturn()
 static void
 bad_file(const char *path, const char *what)
 {
+	/* 22P04: the file's format is wrong (not class XX: nothing internal failed) */
 	ereport(ERROR,
-			(errcode(ERRCODE_DATA_CORRUPTED),
+			(errcode(ERRCODE_BAD_COPY_FILE_FORMAT),
 			 errmsg("file \"%s\" is not a valid weights file: %s", path, what)));
 }
 
@@ -230,7 +231,7 @@ find_entry(WeightEntry *entries, int n, const char *name)
 		{
 			if (found)
 				ereport(ERROR,
-						(errcode(ERRCODE_DATA_CORRUPTED),
+						(errcode(ERRCODE_BAD_COPY_FILE_FORMAT),
 						 errmsg("the file holds tensor \"%s\" twice", name)));
 			found = &entries[i];
 		}
