@@ -305,9 +305,9 @@ COMMENT ON FUNCTION pg_llm_export_npz(text, text)
     IS 'the model''s parameters to a server file, .npz or .safetensors by the extension, HuggingFace names and shapes; returns the bytes written';
 
 CREATE FUNCTION pg_llm_backend_stats(OUT tokens_sampled bigint, OUT model_loads bigint,
-                                     OUT cache_hits bigint)
+                                     OUT cache_hits bigint, OUT cache_mb float8, OUT working_mb float8)
 AS 'MODULE_PATHNAME', 'pg_llm_backend_stats' LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION pg_llm_backend_stats() IS 'counters of this backend: tokens generated, models loaded from tables, model cache hits';
+COMMENT ON FUNCTION pg_llm_backend_stats() IS 'this backend: tokens generated, models loaded from tables, model cache hits, MB in the model cache (bounded by pg_llm.model_cache_mb), MB of other pg_llm buffers (bounded by pg_llm.max_memory_mb)';
 
 -- ===========================================================================
 -- Training

@@ -173,10 +173,13 @@ def setup(conn, data_dir, server_dir):
                  "FROM generate_series(1, 12) i, unnest(ARRAY['bi', 'default']) d")
     conn.execute("SELECT pg_llm_export_npz(%s, 'bi')", (os.path.join(server_dir, "bi_src.npz"),))
     started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+    models_before = {r[0] for r in conn.execute("SELECT model FROM llm_model_config")}
     yield dict(data=data_dir, server=server_dir)
     assert conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0] == started, "the server restarted"
     conn.execute("DELETE FROM llm_dataset WHERE dataset IN ('bi', 'default', 'bi_text')")
-    for m in ("bi", "bi_train", "bi_tok", "bi_new", "bi_imp"):
+    # and whatever a mutated name created (llm_create_model('no_such_model', ...))
+    made = {r[0] for r in conn.execute("SELECT model FROM llm_model_config")} - models_before
+    for m in made | {"bi", "bi_train", "bi_tok"}:
         conn.execute("SELECT llm_drop_model(model) FROM llm_model_config WHERE model = %s", (m,))
 
 

@@ -906,19 +906,22 @@ pg_llm_cache_stats(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* pg_llm_backend_stats() -> (tokens_sampled, model_loads, cache_hits) of this backend */
+/* pg_llm_backend_stats() -> (tokens_sampled, model_loads, cache_hits,
+ * cache_mb, working_mb) of this backend */
 PG_FUNCTION_INFO_V1(pg_llm_backend_stats);
 Datum
 pg_llm_backend_stats(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[3];
-	bool		nulls[3] = {false, false, false};
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	values[0] = Int64GetDatum(pgllm_stats.tokens_sampled);
 	values[1] = Int64GetDatum(pgllm_stats.model_loads);
 	values[2] = Int64GetDatum(pgllm_stats.cache_hits);
+	values[3] = Float8GetDatum((double) cache_bytes() / (1024.0 * 1024.0));
+	values[4] = Float8GetDatum((double) pgllm_memory_in_use() / (1024.0 * 1024.0));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }

@@ -60,7 +60,7 @@ _PG_init(void)
 							NULL, &pgllm_model_cache_mb, 2048, 0, INT_MAX / 2,
 							PGC_SUSET, GUC_UNIT_MB, NULL, NULL, NULL);
 	DefineCustomIntVariable("pg_llm.max_memory_mb",
-							"Largest working memory one pg_llm call may use (activations, KV cache, scratch).",
+							"Largest memory pg_llm buffers may take in a backend at once (activations, KV caches, training state), besides the model cache.",
 							NULL, &pgllm_max_memory_mb, 8192, 1, INT_MAX / 2,
 							PGC_SUSET, GUC_UNIT_MB, NULL, NULL, NULL);
 #if PG_VERSION_NUM >= 150000
@@ -210,23 +210,90 @@ pgllm_require_finite(const float *x, int64 n, const char *argname)
 				 errhint("pg_llm's arithmetic ops reject non-finite inputs rather than return NaN.")));
 }
 
-float *
-pgllm_alloc_floats(int64 n, const char *what)
+/* ---------------------------------------------------------------------------
+ * Working memory, bounded by pg_llm.max_memory_mb
+ *
+ * Every large buffer (activations, KV caches, logits, training state, data)
+ * comes from pgllm_alloc_bytes, which counts what this backend holds at once
+ * -- the buffers of the running call plus a training state kept between
+ * calls; the model cache has its own bound -- and refuses with an ERROR
+ * what would go past the setting, before the operating system is asked.
+ * The count of each memory context is given back by a reset callback when
+ * the context goes (at the end of a call, or of a training state), or by
+ * pgllm_free earlier.
+ * ------------------------------------------------------------------------- */
+typedef struct MemAccount
 {
-	Size		bytes;
-	void	   *ptr;
+	MemoryContextCallback cb;
+	MemoryContext ctx;
+	int64		bytes;
+	struct MemAccount *next;
+} MemAccount;
 
-	if (n < 0 || n > (int64) (SIZE_MAX / sizeof(float) / 2))
+static MemAccount *accounts = NULL;
+static int64 mem_in_use = 0;
+
+static void
+account_release(void *arg)
+{
+	MemAccount *a = (MemAccount *) arg;
+	MemAccount **pp;
+
+	mem_in_use -= a->bytes;
+	for (pp = &accounts; *pp; pp = &(*pp)->next)
+		if (*pp == a)
+		{
+			*pp = a->next;
+			break;
+		}
+}
+
+static MemAccount *
+account_of(MemoryContext ctx)
+{
+	MemAccount *a;
+
+	for (a = accounts; a; a = a->next)
+		if (a->ctx == ctx)
+			return a;
+	a = MemoryContextAllocZero(ctx, sizeof(MemAccount));
+	a->ctx = ctx;
+	a->cb.func = account_release;
+	a->cb.arg = a;
+	MemoryContextRegisterResetCallback(ctx, &a->cb);
+	a->next = accounts;
+	accounts = a;
+	return a;
+}
+
+int64
+pgllm_memory_in_use(void)
+{
+	return mem_in_use;
+}
+
+void *
+pgllm_alloc_bytes(int64 bytes, const char *what)
+{
+	int64		limit = (int64) pgllm_max_memory_mb * 1024 * 1024;
+	void	   *ptr;
+	MemAccount *a;
+
+	if (bytes < 0 || bytes > (int64) (SIZE_MAX / 2))
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("pg_llm: %s: size overflow", what)));
-	bytes = (Size) n * sizeof(float);
-	if (bytes / (1024 * 1024) > (Size) pgllm_max_memory_mb)
+	if (bytes > limit - mem_in_use)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("pg_llm: %s needs %zu MB, more than pg_llm.max_memory_mb (%d MB)",
-						what, bytes / (1024 * 1024), pgllm_max_memory_mb)));
+				 errmsg("pg_llm: %s needs %lld MB, and with the %lld MB already in use that is more than pg_llm.max_memory_mb (%d MB)",
+						what, (long long) (bytes >> 20), (long long) (mem_in_use >> 20),
+						pgllm_max_memory_mb),
+				 errhint("Use a smaller batch, context or model, or have a superuser raise pg_llm.max_memory_mb.")));
+	a = account_of(CurrentMemoryContext);
 	ptr = MemoryContextAllocHuge(CurrentMemoryContext, bytes > 0 ? bytes : 1);
+	a->bytes += bytes;
+	mem_in_use += bytes;
 #ifdef MADV_HUGEPAGE
 	/*
 	 * Large buffers (weights, activations, logits) are walked by every step:
@@ -241,7 +308,28 @@ pgllm_alloc_floats(int64 n, const char *what)
 		(void) madvise((void *) start, end - start, MADV_HUGEPAGE);
 	}
 #endif
-	return (float *) ptr;
+	return ptr;
+}
+
+float *
+pgllm_alloc_floats(int64 n, const char *what)
+{
+	if (n < 0 || n > (int64) (SIZE_MAX / sizeof(float) / 2))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("pg_llm: %s: size overflow", what)));
+	return (float *) pgllm_alloc_bytes(n * (int64) sizeof(float), what);
+}
+
+/* free a buffer of pgllm_alloc_bytes before its memory context goes */
+void
+pgllm_free(void *ptr, int64 bytes)
+{
+	MemAccount *a = account_of(GetMemoryChunkContext(ptr));
+
+	a->bytes -= bytes;
+	mem_in_use -= bytes;
+	pfree(ptr);
 }
 
 /*

@@ -114,6 +114,10 @@ extern uint8 *pgllm_read_server_file(const char *path, int64 max_bytes, int64 *l
 
 /* scratch allocation of n floats (huge allocations allowed), within max_memory_mb */
 extern float *pgllm_alloc_floats(int64 n, const char *what);
+/* large buffers, counted against pg_llm.max_memory_mb (see pg_llm.c) */
+extern void *pgllm_alloc_bytes(int64 bytes, const char *what);
+extern void pgllm_free(void *ptr, int64 bytes);
+extern int64 pgllm_memory_in_use(void);
 
 /* ---- models (model.c) ---- */
 

@@ -51,9 +51,10 @@ typedef struct TrainHP
 typedef struct Split
 {
 	int32	   *tokens;			/* n_rows x row_len */
-	int32	   *targets;
+	int32	   *targets;		/* n_rows x row_len, in the same allocation */
 	int64		n_rows;
 	int64		row_len;
+	int64		alloc_bytes;
 } Split;
 
 typedef struct TrainState
@@ -74,6 +75,7 @@ typedef struct TrainState
 	Split		train;
 	Split		val;
 	float	   *acts;
+	int64		acts_bytes;
 	int64		acts_B;
 	int64		acts_T;
 	instr_time	started;
@@ -194,6 +196,23 @@ require_run(const char *model)
  * data
  * ------------------------------------------------------------------------- */
 static void
+split_free(Split *s)
+{
+	if (s->tokens)
+		pgllm_free(s->tokens, s->alloc_bytes);
+	memset(s, 0, sizeof(Split));
+}
+
+static void
+acts_free(void)
+{
+	if (ts->acts)
+		pgllm_free(ts->acts, ts->acts_bytes);
+	ts->acts = NULL;
+	ts->acts_bytes = 0;
+}
+
+static void
 load_split(const char *dataset, const char *split, Split *out, MemoryContext ctx,
 		   const PgllmGPT2Config *cfg)
 {
@@ -226,10 +245,15 @@ load_split(const char *dataset, const char *split, Split *out, MemoryContext ctx
 
 		if (len < 0)
 		{
+			MemoryContext old = MemoryContextSwitchTo(ctx);
+
 			len = nt;
 			out->row_len = len;
-			out->tokens = MemoryContextAllocHuge(ctx, sizeof(int32) * len * Max(n, 1));
-			out->targets = MemoryContextAllocHuge(ctx, sizeof(int32) * len * Max(n, 1));
+			/* tokens and targets in one counted buffer */
+			out->alloc_bytes = 2 * (int64) sizeof(int32) * len * Max(n, 1);
+			out->tokens = pgllm_alloc_bytes(out->alloc_bytes, "training data");
+			out->targets = out->tokens + len * Max(n, 1);
+			MemoryContextSwitchTo(old);
 		}
 		if (nt != len || ng != len)
 			ereport(ERROR,
@@ -281,11 +305,10 @@ ensure_acts(int64 B, int64 T)
 
 	if (ts->acts && ts->acts_B == B && ts->acts_T == T)
 		return;
-	if (ts->acts)
-		pfree(ts->acts);
-	ts->acts = NULL;
+	acts_free();
 	old = MemoryContextSwitchTo(ts->ctx);
 	ts->acts = pgllm_alloc_floats(pgllm_gpt2_train_floats(&ts->cfg, B, T), "activations");
+	ts->acts_bytes = pgllm_gpt2_train_floats(&ts->cfg, B, T) * (int64) sizeof(float);
 	MemoryContextSwitchTo(old);
 	ts->acts_B = B;
 	ts->acts_T = T;
@@ -506,18 +529,8 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 
 	state_get(model);
 	/* the data: reloaded for every run */
-	if (ts->train.tokens)
-	{
-		pfree(ts->train.tokens);
-		pfree(ts->train.targets);
-	}
-	if (ts->val.tokens)
-	{
-		pfree(ts->val.tokens);
-		pfree(ts->val.targets);
-	}
-	memset(&ts->train, 0, sizeof(Split));
-	memset(&ts->val, 0, sizeof(Split));
+	split_free(&ts->train);
+	split_free(&ts->val);
 	split_ctx = ts->ctx;
 	load_split(dataset, "train", &ts->train, split_ctx, &ts->cfg);
 	if (ts->train.n_rows == 0)
@@ -720,7 +733,12 @@ pg_llm_train_writeback(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(version);
 }
 
-/* the state stays (the next run reuses it); only the run's data is freed */
+/*
+ * The end of a run (written back): its memory goes -- 4 x the parameters
+ * would otherwise stay with an idle backend; the next run reads the model
+ * back from the tables, exactly.  (llm_train_step keeps its state between
+ * calls, for step-by-step loops.)
+ */
 PG_FUNCTION_INFO_V1(pg_llm_train_end);
 Datum
 pg_llm_train_end(PG_FUNCTION_ARGS)
@@ -728,24 +746,7 @@ pg_llm_train_end(PG_FUNCTION_ARGS)
 	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	if (ts && strcmp(ts->model, model) == 0)
-	{
-		if (ts->train.tokens)
-		{
-			pfree(ts->train.tokens);
-			pfree(ts->train.targets);
-		}
-		if (ts->val.tokens)
-		{
-			pfree(ts->val.tokens);
-			pfree(ts->val.targets);
-		}
-		memset(&ts->train, 0, sizeof(Split));
-		memset(&ts->val, 0, sizeof(Split));
-		if (ts->acts)
-			pfree(ts->acts);
-		ts->acts = NULL;
-		ts->valid = true;
-	}
+		state_free();
 	PG_RETURN_VOID();
 }
 

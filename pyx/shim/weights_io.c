@@ -136,19 +136,22 @@ npz_entries(int fd, const char *path, int64 size, int *count)
 
 			if (e->usize > (int64) MaxAllocHugeSize || e->csize > (int64) MaxAllocHugeSize)
 				bad_file(path, "a member is too large");
-			comp = MemoryContextAllocHuge(CurrentMemoryContext, Max(e->csize, 1));
+			comp = pgllm_alloc_bytes(Max(e->csize, 1), "a compressed tensor");
 			pgllm_read_exact(fd, path, e->offset, comp, e->csize);
 			head_len = e->usize;
-			head = MemoryContextAllocHuge(CurrentMemoryContext, Max(head_len, 1));
+			head = pgllm_alloc_bytes(Max(head_len, 1), "an inflated tensor");
 			if (pgllm_inflate(comp, e->csize, head, head_len) != PGLLM_OK)
 				bad_file(path, "a compressed member is corrupt");
-			pfree(comp);
+			pgllm_free(comp, Max(e->csize, 1));
 		}
 		if (pgllm_npy_parse_header(head, head_len, &data_off, &e->is_f32, &e->fortran,
 								   e->shape, &e->ndim) != PGLLM_OK)
 			bad_file(path, "a member has no valid .npy header");
 		e->data_skip = data_off;
-		pfree(head);
+		if (z.method == 0)
+			pfree(head);
+		else
+			pgllm_free(head, Max(head_len, 1));
 	}
 	*count = (int) n;
 	return entries;
@@ -271,8 +274,8 @@ read_entry(int fd, const char *path, const WeightEntry *e, float *dst, int64 nfl
 	}
 	else
 	{
-		uint8	   *comp = MemoryContextAllocHuge(CurrentMemoryContext, Max(e->csize, 1));
-		uint8	   *raw = MemoryContextAllocHuge(CurrentMemoryContext, Max(e->usize, 1));
+		uint8	   *comp = pgllm_alloc_bytes(Max(e->csize, 1), "a compressed tensor");
+		uint8	   *raw = pgllm_alloc_bytes(Max(e->usize, 1), "an inflated tensor");
 
 		pgllm_read_exact(fd, path, e->offset, comp, e->csize);
 		if (pgllm_inflate(comp, e->csize, raw, e->usize) != PGLLM_OK)
@@ -280,8 +283,8 @@ read_entry(int fd, const char *path, const WeightEntry *e, float *dst, int64 nfl
 		if (pgllm_crc32(0, raw, e->usize) != e->crc)
 			bad_file(path, psprintf("array \"%s\" fails its CRC check (corrupt)", e->name));
 		memcpy(dst, raw + e->data_skip, nbytes);
-		pfree(comp);
-		pfree(raw);
+		pgllm_free(comp, Max(e->csize, 1));
+		pgllm_free(raw, Max(e->usize, 1));
 	}
 }
 
