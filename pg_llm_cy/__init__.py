@@ -2,4 +2,4 @@
 
     from pg_llm_cy import kernels       # the Cython kernels (numpy in/out)
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -115,7 +115,10 @@ class LocalCluster:
 
     @property
     def dsn(self) -> str:
-        return f"host={self.base} port={self.port} user=postgres dbname=postgres"
+        return self.dsn_for("postgres")
+
+    def dsn_for(self, dbname: str) -> str:
+        return f"host={self.base} port={self.port} user=postgres dbname={dbname}"
 
     def initdb(self):
         self._run([os.path.join(self.bindir, "initdb"), "-D", self.data, "-U", "postgres",

@@ -305,9 +305,9 @@ COMMENT ON FUNCTION pg_llm_export_npz(text, text)
     IS 'the model''s parameters to a server file, .npz or .safetensors by the extension, HuggingFace names and shapes; returns the bytes written';
 
 CREATE FUNCTION pg_llm_backend_stats(OUT tokens_sampled bigint, OUT model_loads bigint,
-                                     OUT cache_hits bigint, OUT cache_mb float8, OUT working_mb float8)
+                                     OUT cache_hits bigint)
 AS 'MODULE_PATHNAME', 'pg_llm_backend_stats' LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION pg_llm_backend_stats() IS 'this backend: tokens generated, models loaded from tables, model cache hits, MB in the model cache (bounded by pg_llm.model_cache_mb), MB of other pg_llm buffers (bounded by pg_llm.max_memory_mb)';
+COMMENT ON FUNCTION pg_llm_backend_stats() IS 'counters of this backend: tokens generated, models loaded from tables, model cache hits';
 
 -- ===========================================================================
 -- Training
@@ -590,81 +590,3 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION llm_checkpoint_load(text, bigint) IS 'restore the parameters, AdamW state, step and configuration of a checkpoint';
-
--- ===========================================================================
--- Privileges
---
--- Everybody may run the tensor ops, read models and tokenizers, encode,
--- decode, generate, score and evaluate.  Whatever writes a model, a
--- tokenizer, a dataset or a checkpoint is revoked from PUBLIC and granted to
--- the role pgllm_admin (GRANT pgllm_admin TO alice; "pg_llm_admin" cannot be:
--- role names starting with pg_ are reserved).  Reading or writing
--- server files further needs pg_read_server_files / pg_write_server_files
--- (or superuser): the C functions check it themselves.
--- ===========================================================================
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgllm_admin') THEN
-        CREATE ROLE pgllm_admin NOLOGIN;
-    END IF;
-END
-$$;
-COMMENT ON ROLE pgllm_admin IS 'may create, import, export, train and drop pg_llm models and load tokenizers';
-
-REVOKE EXECUTE ON FUNCTION
-    llm_create_model(text, int, int, int, int, int, int),
-    llm_drop_model(text),
-    pg_llm_import_npz(text, text, int),
-    pg_llm_export_npz(text, text),
-    pg_llm_load_bpe_vocab(text, text),
-    pg_llm_load_bpe_merges(text, text),
-    pg_llm_load_bpe_vocab_text(text, text),
-    pg_llm_load_bpe_merges_text(text, text),
-    llm_dataset_from_text(text, text, int, float8, text),
-    pg_llm_train_begin(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8),
-    pg_llm_train_steps(text, int),
-    pg_llm_train_writeback(text),
-    pg_llm_train_end(text),
-    llm_train(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8),
-    llm_train(text, int, int, int, int, int, float4, float4, float4, float4, float4, float4, int, float4, int, int),
-    llm_train_step(text, int[], int[], float8, float8, float8, float8, float8, float8),
-    llm_checkpoint_save(text, text, text),
-    llm_checkpoint_load(text, bigint)
-FROM PUBLIC;
-REVOKE EXECUTE ON PROCEDURE
-    llm_train_run(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, int, text, int, float8)
-FROM PUBLIC;
-
-GRANT EXECUTE ON FUNCTION
-    llm_create_model(text, int, int, int, int, int, int),
-    llm_drop_model(text),
-    pg_llm_import_npz(text, text, int),
-    pg_llm_export_npz(text, text),
-    pg_llm_load_bpe_vocab(text, text),
-    pg_llm_load_bpe_merges(text, text),
-    pg_llm_load_bpe_vocab_text(text, text),
-    pg_llm_load_bpe_merges_text(text, text),
-    llm_dataset_from_text(text, text, int, float8, text),
-    pg_llm_train_begin(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8),
-    pg_llm_train_steps(text, int),
-    pg_llm_train_writeback(text),
-    pg_llm_train_end(text),
-    llm_train(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8),
-    llm_train(text, int, int, int, int, int, float4, float4, float4, float4, float4, float4, int, float4, int, int),
-    llm_train_step(text, int[], int[], float8, float8, float8, float8, float8, float8),
-    llm_checkpoint_save(text, text, text),
-    llm_checkpoint_load(text, bigint)
-TO pgllm_admin;
-GRANT EXECUTE ON PROCEDURE
-    llm_train_run(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, int, text, int, float8)
-TO pgllm_admin;
-
--- the tables: models, tokenizers, the training log and the checkpoint list
--- are readable by all (generation reads them as the calling role); training
--- data and checkpoint contents only by pgllm_admin
-GRANT SELECT ON llm_model_config, llm_param, llm_vocab, llm_merges, llm_models,
-                llm_train_log, llm_checkpoint TO PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON llm_model_config, llm_param, llm_vocab, llm_merges,
-                llm_dataset, llm_train_log, llm_checkpoint, llm_checkpoint_param TO pgllm_admin;
-GRANT USAGE, SELECT, UPDATE ON SEQUENCE llm_model_version_seq, llm_dataset_id_seq,
-                llm_train_log_id_seq, llm_checkpoint_id_seq TO pgllm_admin;
