@@ -196,20 +196,24 @@ cdef int64_t _piece_end(const uint8_t *s, int64_t n, int64_t i) noexcept nogil:
 
 
 cdef public int64_t pgllm_utf8_sanitize(const uint8_t *inp, int64_t len, uint8_t *out,
-                                        int hold_incomplete, int64_t *held) noexcept nogil:
-    """Valid UTF-8 from any bytes, U+FFFD for each maximal invalid subpart."""
+                                        int hold_incomplete, int64_t *held,
+                                        int replace_nul) noexcept nogil:
+    """Valid UTF-8 from any bytes, U+FFFD for each maximal invalid subpart;
+    with replace_nul also for NUL, which PostgreSQL's text cannot hold (GPT-2
+    has a token for byte 0, and a model may well sample it).  At most 3
+    bytes out per byte in."""
     cdef int64_t i = 0, o = 0, k, need
     cdef uint8_t b, lo, hi
     if held != NULL:
         held[0] = 0
     while i < len:
         b = inp[i]
-        if b < 0x80:
+        if b < 0x80 and (b != 0 or not replace_nul):
             out[o] = b
             o = o + 1
             i = i + 1
             continue
-        need = 0
+        need = 0                           # NUL and stray bytes: k = 1 below
         lo = 0x80
         hi = 0xBF
         if 0xC2 <= b <= 0xDF:
@@ -1205,13 +1209,14 @@ cdef class Tokenizer:
         return sanitize_utf8(self.decode_bytes(ids)).decode("utf-8")
 
 
-def sanitize_utf8(const unsigned char[::1] data, bint hold_incomplete=False):
-    """Bytes -> valid UTF-8 bytes (U+FFFD per maximal invalid subpart)."""
+def sanitize_utf8(const unsigned char[::1] data, bint hold_incomplete=False, bint replace_nul=False):
+    """Bytes -> valid UTF-8 bytes (U+FFFD per maximal invalid subpart, and
+    per NUL with replace_nul, as the server does)."""
     cdef int64_t n = data.shape[0], held = 0
     out = bytearray(3 * n + 1)
     cdef unsigned char[::1] ov = out
     cdef int64_t m = pgllm_utf8_sanitize(&data[0] if n else <const uint8_t *> b"", n, &ov[0],
-                                         hold_incomplete, &held)
+                                         hold_incomplete, &held, replace_nul)
     if hold_incomplete:
         return bytes(out[:m]), held
     return bytes(out[:m])

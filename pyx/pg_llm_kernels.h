@@ -290,9 +290,10 @@ int32_t		pgllm_bpe_special_id(const PgllmBPE *bpe, const uint8_t *bytes, int64_t
 /* Valid UTF-8 from any bytes: each maximal invalid subpart becomes U+FFFD
  * (as Python's errors="replace").  out needs 3*len bytes; returns its length.
  * With hold_incomplete, a truncated sequence at the end is left out and its
- * length returned in *held (streaming: it may complete with the next token). */
+ * length returned in *held (streaming: it may complete with the next token).
+ * With replace_nul, NUL becomes U+FFFD too: PostgreSQL's text cannot hold it. */
 int64_t		pgllm_utf8_sanitize(const uint8_t *in, int64_t len, uint8_t *out,
-								int hold_incomplete, int64_t *held);
+								int hold_incomplete, int64_t *held, int replace_nul);
 
 /* vocab.json: a JSON object of token strings (GPT-2's byte alphabet) to ids.
  * Pass 1 (ids == NULL) counts tokens and their bytes; pass 2 fills

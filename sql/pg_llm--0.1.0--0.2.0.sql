@@ -8,6 +8,8 @@ CREATE FUNCTION pg_llm_backend_stats(OUT tokens_sampled bigint, OUT model_loads 
                                      OUT cache_hits bigint, OUT cache_mb float8, OUT working_mb float8)
 AS 'MODULE_PATHNAME', 'pg_llm_backend_stats' LANGUAGE C VOLATILE STRICT;
 COMMENT ON FUNCTION pg_llm_backend_stats() IS 'this backend: tokens generated, models loaded from tables, model cache hits, MB in the model cache (bounded by pg_llm.model_cache_mb), MB of other pg_llm buffers (bounded by pg_llm.max_memory_mb)';
+-- decoding replaces NUL too now (the C code changed, not the signature)
+COMMENT ON FUNCTION llm_decode(int[], text) IS 'text of token ids; bytes that are not valid UTF-8, and NUL (which text cannot hold), become U+FFFD';
 
 -- ===========================================================================
 -- Privileges

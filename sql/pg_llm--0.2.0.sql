@@ -254,7 +254,7 @@ COMMENT ON FUNCTION llm_encode(text, text) IS 'GPT-2 token ids of text (byte-lev
 
 CREATE FUNCTION llm_decode(ids int[], model text DEFAULT NULL) RETURNS text
 AS 'MODULE_PATHNAME', 'pg_llm_decode' LANGUAGE C STABLE;
-COMMENT ON FUNCTION llm_decode(int[], text) IS 'text of token ids; bytes that are not valid UTF-8 become U+FFFD';
+COMMENT ON FUNCTION llm_decode(int[], text) IS 'text of token ids; bytes that are not valid UTF-8, and NUL (which text cannot hold), become U+FFFD';
 
 -- ===========================================================================
 -- Generation

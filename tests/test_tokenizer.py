@@ -3,6 +3,7 @@ from the same vocab.json and merges.txt) on all of tinyshakespeare and on
 generated Unicode-heavy text, decode(encode(x)) == x, and bad input."""
 import random
 
+import numpy as np
 import pytest
 import regex
 import tiktoken
@@ -117,6 +118,49 @@ def test_decode_partial_characters(conn, tok_model, py_tokenizer):
     assert sql_value(conn, "SELECT llm_decode(%s, 'tok')", (ids,)) == "😀"
     assert sql_value(conn, "SELECT llm_decode('{}'::int[], 'tok')") == ""
     assert sql_value(conn, "SELECT llm_encode('', 'tok')") == []
+
+
+def test_decode_nul_byte(conn, tok_model, py_tokenizer):
+    """GPT-2 has a token for byte 0 ('\u0100' in vocab.json), which a model
+    may sample; PostgreSQL's text cannot hold NUL, so it decodes to U+FFFD
+    (the 10-minute load test met it: "invalid byte sequence ... 0x00")."""
+    nul = py_tokenizer.encode("\x00").tolist()
+    assert len(nul) == 1 and py_tokenizer.decode_bytes(nul) == b"\x00"
+    hello, world = py_tokenizer.encode("Hello").tolist(), py_tokenizer.encode(" world").tolist()
+    assert sql_value(conn, "SELECT llm_decode(%s, 'tok')", (hello + nul + world,)) \
+        == "Hello\ufffd world"
+    assert py_tokenizer.decode(hello + nul) == "Hello\x00"      # Python's str holds NUL
+    assert K.sanitize_utf8(b"a\x00b\xff", replace_nul=True) == "a\ufffdb\ufffd".encode()
+
+
+def test_generating_the_nul_token(conn, data_dir, py_tokenizer):
+    """A model that always picks byte 0's token: generate, stream and beam
+    search return U+FFFD for it instead of failing."""
+    nul = py_tokenizer.encode("\x00").tolist()[0]
+    create_model(conn, "nulgen", n_layer=1, n_head=2, d_model=16, n_positions=32)
+    load_tokenizer(conn, "nulgen", data_dir)
+    # ln_f's output becomes its bias (all ones), so the logits are wte's row sums
+    conn.execute("UPDATE llm_param SET data = pg_llm_zeros_like(data) WHERE model = 'nulgen' "
+                 "AND name = 'ln_f.weight'")
+    conn.execute("UPDATE llm_param SET data = pg_llm_ones_like(data) WHERE model = 'nulgen' "
+                 "AND name = 'ln_f.bias'")
+    wte = sql_value(conn, "SELECT data FROM llm_param WHERE model = 'nulgen' AND name = 'wte.weight'")
+    w = np.frombuffer(wte, np.float32).reshape(-1, 16).copy()
+    w[nul] = 1.0
+    conn.execute("UPDATE llm_param SET data = %s WHERE model = 'nulgen' AND name = 'wte.weight'",
+                 (w.tobytes(),))
+    conn.execute("UPDATE llm_model_config SET version = nextval('llm_model_version_seq') "
+                 "WHERE model = 'nulgen'")
+    try:
+        assert sql_value(conn, "SELECT llm_generate('Hi', 4, temperature => 0, "
+                               "model_name => 'nulgen', eos_token => -1)") == "\ufffd" * 4
+        rows = conn.execute("SELECT token, text FROM llm_generate_stream('Hi', 3, temperature => 0, "
+                            "model_name => 'nulgen', eos_token => -1)").fetchall()
+        assert [r[0] for r in rows] == ["\ufffd"] * 3 and rows[-1][1] == "\ufffd" * 3
+        beams = conn.execute("SELECT text FROM llm_beam_search('Hi', 2, 3, 'nulgen', 1.0, -1)").fetchall()
+        assert "\ufffd\ufffd\ufffd" in [b[0] for b in beams]
+    finally:
+        conn.execute("SELECT llm_drop_model('nulgen')")
 
 
 @pytest.mark.parametrize("text", ["Hello world's  end\n\n x", "   ", "a  \tb", "x \n", "'s'S'", "A1b2 3"])

@@ -286,8 +286,8 @@ pgllm_alloc_bytes(int64 bytes, const char *what)
 	if (bytes > limit - mem_in_use)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("pg_llm: %s needs %lld MB, and with the %lld MB already in use that is more than pg_llm.max_memory_mb (%d MB)",
-						what, (long long) (bytes >> 20), (long long) (mem_in_use >> 20),
+				 errmsg("pg_llm: %s needs %.1f MB, and with the %.1f MB already in use that is more than pg_llm.max_memory_mb (%d MB)",
+						what, bytes / 1048576.0, mem_in_use / 1048576.0,
 						pgllm_max_memory_mb),
 				 errhint("Use a smaller batch, context or model, or have a superuser raise pg_llm.max_memory_mb.")));
 	a = account_of(CurrentMemoryContext);

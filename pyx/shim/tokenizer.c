@@ -202,7 +202,7 @@ pgllm_decode_text(PgllmBPE *bpe, const int32 *ids, int64 n, bool hold_incomplete
 	raw = palloc(len + 1);
 	pgllm_bpe_decode(bpe, ids, n, raw);
 	utf8 = palloc(3 * len + 1);
-	ulen = pgllm_utf8_sanitize(raw, len, (uint8 *) utf8, hold_incomplete, held);
+	ulen = pgllm_utf8_sanitize(raw, len, (uint8 *) utf8, hold_incomplete, held, true);
 	utf8[ulen] = '\0';
 	pfree(raw);
 	return (char *) pg_any_to_server(utf8, (int) ulen, PG_UTF8);
