@@ -23,7 +23,8 @@
 
 The local cluster (in /tmp/pg_llm_demo_<uid>) keeps running afterwards: the
 demo prints how to connect and how to stop it (--stop); --cleanup removes it
-at the end instead.
+at the end instead.  $PG_LLM_DEMO_BUILD moves build/ (downloads, venv, PNG);
+$PG_LLM_DOWNLOAD_BASE and $PG_LLM_CORPUS_URL replace the download addresses.
 """
 import argparse
 import hashlib
@@ -37,7 +38,7 @@ import urllib.error
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.path.join(REPO, "build")
+BUILD = os.environ.get("PG_LLM_DEMO_BUILD", os.path.join(REPO, "build"))  # downloads, venv, PNG
 VENV = os.path.join(BUILD, "demo-venv")
 CLUSTER_DIR = os.path.join(tempfile.gettempdir(), f"pg_llm_demo_{os.getuid()}")
 MODEL = "shakespeare"
@@ -293,7 +294,13 @@ def main():
     files = resolve_files(a)
     os.makedirs(BUILD, exist_ok=True)
     py = sys.executable if a.no_venv else ensure_venv()
-    args = [a for a in sys.argv[1:]]
+    args = list(sys.argv[1:])
+    if a.pg_config:     # stage 2 runs elsewhere: a relative path must not change meaning
+        found = shutil.which(a.pg_config) if os.sep not in a.pg_config else a.pg_config
+        if not found or not os.path.exists(found):
+            print(f"pg_llm demo: --pg-config {a.pg_config}: no such file", file=sys.stderr)
+            return 2
+        args += ["--pg-config", os.path.abspath(found)]
     args += ["--files", os.pathsep.join((files["vocab"], files["merges"], files["corpus"]))]
     return subprocess.run([py, os.path.abspath(__file__)] + args, cwd=BUILD).returncode
 

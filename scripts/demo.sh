@@ -6,7 +6,7 @@
 # See scripts/demo.py --help.  Needs python3 with venv, gcc, make and zlib's
 # headers: as root on Debian/Ubuntu it installs what is missing with apt-get.
 set -e
-cd "$(dirname "$0")/.."
+here="$(cd "$(dirname "$0")" && pwd)"
 need=""
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
 command -v make >/dev/null 2>&1 || need="$need make"
@@ -20,4 +20,4 @@ if [ -n "$need" ]; then
         exit 2
     fi
 fi
-exec python3 scripts/demo.py "$@"
+exec python3 "$here/demo.py" "$@"
