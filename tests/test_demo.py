@@ -52,7 +52,7 @@ def test_demo_trains_plots_and_talks(tmp_path, data_dir):
     relative --data-dir."""
     rel_data = os.path.relpath(data_dir, tmp_path)
     r = subprocess.run([DEMO, "--no-venv", "--data-dir", rel_data, "--minutes", "0.5",
-                        "--tokens", "30", "--cleanup", "--pg-config", os.environ["PG_CONFIG"]],
+                        "--tokens", "30", "--cleanup", "--pg-config", os.path.abspath(os.environ["PG_CONFIG"])],
                        env=demo_env(tmp_path, PATH=os.path.dirname(sys.executable) + os.pathsep
                                     + os.environ["PATH"]),
                        cwd=tmp_path, capture_output=True, text=True, timeout=1200)
