@@ -611,53 +611,37 @@ END
 $$;
 COMMENT ON ROLE pgllm_admin IS 'may create, import, export, train and drop pg_llm models and load tokenizers';
 
-REVOKE EXECUTE ON FUNCTION
-    llm_create_model(text, int, int, int, int, int, int),
-    llm_drop_model(text),
-    pg_llm_import_npz(text, text, int),
-    pg_llm_export_npz(text, text),
-    pg_llm_load_bpe_vocab(text, text),
-    pg_llm_load_bpe_merges(text, text),
-    pg_llm_load_bpe_vocab_text(text, text),
-    pg_llm_load_bpe_merges_text(text, text),
-    llm_dataset_from_text(text, text, int, float8, text),
-    pg_llm_train_begin(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8),
-    pg_llm_train_steps(text, int),
-    pg_llm_train_writeback(text),
-    pg_llm_train_end(text),
-    llm_train(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8),
-    llm_train(text, int, int, int, int, int, float4, float4, float4, float4, float4, float4, int, float4, int, int),
-    llm_train_step(text, int[], int[], float8, float8, float8, float8, float8, float8),
-    llm_checkpoint_save(text, text, text),
-    llm_checkpoint_load(text, bigint)
-FROM PUBLIC;
-REVOKE EXECUTE ON PROCEDURE
-    llm_train_run(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, int, text, int, float8)
-FROM PUBLIC;
-
-GRANT EXECUTE ON FUNCTION
-    llm_create_model(text, int, int, int, int, int, int),
-    llm_drop_model(text),
-    pg_llm_import_npz(text, text, int),
-    pg_llm_export_npz(text, text),
-    pg_llm_load_bpe_vocab(text, text),
-    pg_llm_load_bpe_merges(text, text),
-    pg_llm_load_bpe_vocab_text(text, text),
-    pg_llm_load_bpe_merges_text(text, text),
-    llm_dataset_from_text(text, text, int, float8, text),
-    pg_llm_train_begin(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8),
-    pg_llm_train_steps(text, int),
-    pg_llm_train_writeback(text),
-    pg_llm_train_end(text),
-    llm_train(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8),
-    llm_train(text, int, int, int, int, int, float4, float4, float4, float4, float4, float4, int, float4, int, int),
-    llm_train_step(text, int[], int[], float8, float8, float8, float8, float8, float8),
-    llm_checkpoint_save(text, text, text),
-    llm_checkpoint_load(text, bigint)
-TO pgllm_admin;
-GRANT EXECUTE ON PROCEDURE
-    llm_train_run(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, int, text, int, float8)
-TO pgllm_admin;
+DO $$
+DECLARE
+    routine regprocedure;
+BEGIN
+    FOREACH routine IN ARRAY ARRAY[
+        'llm_create_model(text, int, int, int, int, int, int)',
+        'llm_drop_model(text)',
+        'pg_llm_import_npz(text, text, int)',
+        'pg_llm_export_npz(text, text)',
+        'pg_llm_load_bpe_vocab(text, text)',
+        'pg_llm_load_bpe_merges(text, text)',
+        'pg_llm_load_bpe_vocab_text(text, text)',
+        'pg_llm_load_bpe_merges_text(text, text)',
+        'llm_dataset_from_text(text, text, int, float8, text)',
+        'pg_llm_train_begin(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8)',
+        'pg_llm_train_steps(text, int)',
+        'pg_llm_train_writeback(text)',
+        'pg_llm_train_end(text)',
+        'llm_train(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8)',
+        'llm_train(text, int, int, int, int, int, float4, float4, float4, float4, float4, float4, int, float4, int, int)',
+        'llm_train_step(text, int[], int[], float8, float8, float8, float8, float8, float8)',
+        'llm_checkpoint_save(text, text, text)',
+        'llm_checkpoint_load(text, bigint)',
+        'llm_train_run(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, int, text, int, float8)'
+    ]::regprocedure[]
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC', routine);
+        EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO pgllm_admin', routine);
+    END LOOP;
+END
+$$;
 
 -- the tables: models, tokenizers, the training log and the checkpoint list
 -- are readable by all (generation reads them as the calling role); training

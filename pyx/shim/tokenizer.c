@@ -462,29 +462,38 @@ pg_llm_load_bpe_merges(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(load_merges(model, content, len, psprintf("file \"%s\"", path)));
 }
 
+/* a text argument as UTF-8 bytes (the files are UTF-8 whatever the server's encoding) */
+static const uint8 *
+text_as_utf8(text *t, int64 *len)
+{
+	char	   *utf8 = (char *) pg_server_to_any(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), PG_UTF8);
+
+	*len = (utf8 == VARDATA_ANY(t)) ? VARSIZE_ANY_EXHDR(t) : (int64) strlen(utf8);
+	return (const uint8 *) utf8;
+}
+
 /* pg_llm_load_bpe_vocab_text(content text, model text): the file's content from a client */
 PG_FUNCTION_INFO_V1(pg_llm_load_bpe_vocab_text);
 Datum
 pg_llm_load_bpe_vocab_text(PG_FUNCTION_ARGS)
 {
-	text	   *t = PG_GETARG_TEXT_PP(0);
 	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *utf8 = (char *) pg_server_to_any(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), PG_UTF8);
-	int64		len = (utf8 == VARDATA_ANY(t)) ? VARSIZE_ANY_EXHDR(t) : (int64) strlen(utf8);
+	int64		len;
+	const uint8 *content = text_as_utf8(PG_GETARG_TEXT_PP(0), &len);
 
-	PG_RETURN_INT64(load_vocab(model, (const uint8 *) utf8, len, "the vocabulary text"));
+	PG_RETURN_INT64(load_vocab(model, content, len, "the vocabulary text"));
 }
 
+/* pg_llm_load_bpe_merges_text(content text, model text) */
 PG_FUNCTION_INFO_V1(pg_llm_load_bpe_merges_text);
 Datum
 pg_llm_load_bpe_merges_text(PG_FUNCTION_ARGS)
 {
-	text	   *t = PG_GETARG_TEXT_PP(0);
 	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *utf8 = (char *) pg_server_to_any(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), PG_UTF8);
-	int64		len = (utf8 == VARDATA_ANY(t)) ? VARSIZE_ANY_EXHDR(t) : (int64) strlen(utf8);
+	int64		len;
+	const uint8 *content = text_as_utf8(PG_GETARG_TEXT_PP(0), &len);
 
-	PG_RETURN_INT64(load_merges(model, (const uint8 *) utf8, len, "the merges text"));
+	PG_RETURN_INT64(load_merges(model, content, len, "the merges text"));
 }
 
 /* ---------------------------------------------------------------------------
