@@ -3,7 +3,7 @@
 -- giving the directory that holds gpt2/vocab.json, gpt2/merges.txt and tinyshakespeare.txt:
 --   psql -X -v ON_ERROR_STOP=1 -v data=../shared/data -f docs/walkthrough.sql
 -- The files are read by psql, on the client: no server file access is needed.
--- About two minutes on two cores.
+-- About a minute on two cores.
 
 \set QUIET on
 \pset footer off
