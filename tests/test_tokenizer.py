@@ -120,6 +120,20 @@ def test_decode_partial_characters(conn, tok_model, py_tokenizer):
     assert sql_value(conn, "SELECT llm_encode('', 'tok')") == []
 
 
+def test_vocab_and_merges_in_one_statement(conn, data_dir):
+    """The merges loader sees the vocabulary loaded by the same SELECT."""
+    create_model(conn, "onestmt", n_layer=1, n_head=2, d_model=16, n_positions=32)
+    vocab = open(f"{data_dir}/gpt2/vocab.json", encoding="utf-8").read()
+    merges = open(f"{data_dir}/gpt2/merges.txt", encoding="utf-8").read()
+    try:
+        row = conn.execute("SELECT pg_llm_load_bpe_vocab_text(%s, 'onestmt'), "
+                           "pg_llm_load_bpe_merges_text(%s, 'onestmt')", (vocab, merges)).fetchone()
+        assert row == (50257, 50000)
+        assert sql_value(conn, "SELECT llm_encode('Hello world', 'onestmt')") == [15496, 995]
+    finally:
+        conn.execute("SELECT llm_drop_model('onestmt')")
+
+
 def test_decode_nul_byte(conn, tok_model, py_tokenizer):
     """GPT-2 has a token for byte 0 ('\u0100' in vocab.json), which a model
     may sample; PostgreSQL's text cannot hold NUL, so it decodes to U+FFFD

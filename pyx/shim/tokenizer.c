@@ -344,12 +344,16 @@ load_merges(const char *model, const uint8 *content, int64 len, const char *sour
 	bool		isnull;
 
 	require_model(model);
-	/* resolve the merges' tokens with the model's vocabulary */
+	/*
+	 * resolve the merges' tokens with the model's vocabulary; not read_only,
+	 * so that a fresh snapshot sees a vocabulary loaded earlier in the same
+	 * statement (SELECT load_vocab(...), load_merges(...))
+	 */
 	SPI_connect();
 	rc = SPI_execute_with_args(psprintf("SELECT token, special FROM %s WHERE model = $1 ORDER BY token_id",
 										pgllm_table("llm_vocab")),
 							   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
-							   NULL, true, 0);
+							   NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "pg_llm: reading llm_vocab failed");
 	n = SPI_processed;
