@@ -110,6 +110,7 @@ def docs_env(cluster, pg_dsn, data_dir, tmp_path_factory):
     for /srv/pg_llm, and the environment of its shell and Python blocks."""
     with psycopg.connect(pg_dsn, autocommit=True) as c:
         c.execute(f"DROP DATABASE IF EXISTS {DOCS_DB}")
+        c.execute("DROP ROLE IF EXISTS alice, bob")    # left by an interrupted run
         c.execute(f"CREATE DATABASE {DOCS_DB}")
     srv = cluster.make_readable_dir(os.path.join(cluster.base, "docs-srv"))
     # what a user would have downloaded: the GPT-2 tokenizer, a corpus and a
@@ -137,10 +138,10 @@ m.save_pretrained({hf_dir!r})
     env.update(PATH=os.path.dirname(sys.executable) + os.pathsep + bindir + os.pathsep
                + env.get("PATH", ""),
                PGHOST=host, PGPORT=port, PGUSER="postgres", PGDATABASE=DOCS_DB,
-               PG_LLM_DSN=cluster.dsn_for(DOCS_DB), PYTHONPATH=REPO,
-               PSQLRC="/dev/null")
+               PG_LLM_DSN=cluster.dsn_for(DOCS_DB), PSQLRC="/dev/null")
     env.pop("PGPASSWORD", None)
-    yield {"srv": srv, "env": env, "dsn": cluster.dsn_for(DOCS_DB)}
+    yield {"srv": srv, "env": env, "dsn": cluster.dsn_for(DOCS_DB),
+           "python_cwd": str(tmp_path_factory.mktemp("docs-python"))}
     with psycopg.connect(pg_dsn, autocommit=True) as c:
         c.execute(f"DROP DATABASE IF EXISTS {DOCS_DB}")
 
@@ -190,8 +191,9 @@ def run_block(b, ctx):
         r = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=REPO, env=env,
                            text=True, capture_output=True, timeout=timeout)
     else:
-        r = subprocess.run([sys.executable, "-"], input=code, cwd=REPO, env=env, text=True,
-                           capture_output=True, timeout=timeout)
+        # elsewhere than the source tree: the installed package, as a user has it
+        r = subprocess.run([sys.executable, "-"], input=code, cwd=ctx["python_cwd"], env=env,
+                           text=True, capture_output=True, timeout=timeout)
     assert r.returncode == 0, f"{b} ({b.lang}) failed:\n{code}\n--- stdout\n{r.stdout[-3000:]}" \
                               f"\n--- stderr\n{r.stderr[-3000:]}"
 
