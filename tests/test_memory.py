@@ -117,3 +117,21 @@ def test_counts_come_back(pg_dsn, mem):
     mem_mb = sql_value(mem, "SELECT bytes / 1048576.0::float8 FROM llm_models WHERE model = 'mem'")
     assert abs(cache - mem_mb) < 5         # the generation model, cached
     mem.close()
+
+
+def test_a_run_that_cannot_start_keeps_no_state(pg_dsn, mem):
+    """A failed start (empty dataset, bad block size, ...) frees the training
+    state it allocated (4 x the parameters) instead of keeping it around."""
+    c = psycopg.connect(pg_dsn, autocommit=True)
+    try:
+        assert working_mb(c) == 0
+        assert_sql_error(c, "SELECT llm_train('mem_train', 2, dataset => 'no-such-data')", (),
+                         "55000", "has no training rows")
+        assert working_mb(c) == 0
+        assert_sql_error(c, "SELECT llm_train('mem_train', 2, block_size => 2048, dataset => 'mem')",
+                         (), "22023", "exceeds the model's context")
+        assert working_mb(c) == 0
+        c.execute("SELECT llm_train('mem_train', 1, batch_size => 2, block_size => 32, dataset => 'mem')")
+        assert working_mb(c) == 0
+    finally:
+        c.close()

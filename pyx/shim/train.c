@@ -465,6 +465,54 @@ hp_check(bool ok, const char *what)
 				 errmsg("training: %s", what)));
 }
 
+/* a run's data and checks, once its training state is there */
+static void
+start_run(const char *dataset, TrainHP *hp, bool block_size_null)
+{
+	MemoryContext split_ctx;
+
+	/* the data: reloaded for every run */
+	split_free(&ts->train);
+	split_free(&ts->val);
+	split_ctx = ts->ctx;
+	load_split(dataset, "train", &ts->train, split_ctx, &ts->cfg);
+	if (ts->train.n_rows == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("training: dataset \"%s\" has no training rows", dataset),
+				 errhint("Fill llm_dataset with llm_dataset_from_text or scripts/prepare_dataset.py.")));
+	load_split(dataset, "val", &ts->val, split_ctx, &ts->cfg);
+	if (block_size_null)
+		hp->block_size = (int32) Min(ts->train.row_len, ts->cfg.n_positions);
+	if (hp->block_size > ts->cfg.n_positions)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("training: block_size %d exceeds the model's context of %lld positions",
+						hp->block_size, (long long) ts->cfg.n_positions)));
+	if (hp->block_size > ts->train.row_len)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("training: block_size %d exceeds the dataset's rows of %lld tokens",
+						hp->block_size, (long long) ts->train.row_len)));
+	if (hp->batch_size > ts->train.n_rows)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("training: batch_size %d exceeds the %lld training rows of dataset \"%s\"",
+						hp->batch_size, (long long) ts->train.n_rows, dataset)));
+	if (ts->val.n_rows > 0 && ts->val.row_len < hp->block_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("training: the val rows of dataset \"%s\" are shorter than block_size", dataset)));
+	if (hp->lr_decay_iters < 0)
+		hp->lr_decay_iters = (int32) (ts->step + hp->n_steps);
+	if (hp->eval_interval > 0 && ts->val.n_rows == 0)
+		ereport(NOTICE,
+				(errmsg("dataset \"%s\" has no val rows: no validation loss will be logged", dataset)));
+	ts->hp = *hp;
+	ts->run_steps = 0;
+	INSTR_TIME_SET_CURRENT(ts->started);
+}
+
 /*
  * pg_llm_train_begin(model, n_steps, batch_size, block_size, learning_rate,
  *   min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2,
@@ -478,7 +526,6 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 	char	   *model;
 	char	   *dataset;
 	TrainHP		hp;
-	MemoryContext split_ctx;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -528,46 +575,17 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 	hp_check(PG_ARGISNULL(3) || hp.block_size >= 1, "block_size must be positive");
 
 	state_get(model);
-	/* the data: reloaded for every run */
-	split_free(&ts->train);
-	split_free(&ts->val);
-	split_ctx = ts->ctx;
-	load_split(dataset, "train", &ts->train, split_ctx, &ts->cfg);
-	if (ts->train.n_rows == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("training: dataset \"%s\" has no training rows", dataset),
-				 errhint("Fill llm_dataset with llm_dataset_from_text or scripts/prepare_dataset.py.")));
-	load_split(dataset, "val", &ts->val, split_ctx, &ts->cfg);
-	if (PG_ARGISNULL(3))
-		hp.block_size = (int32) Min(ts->train.row_len, ts->cfg.n_positions);
-	if (hp.block_size > ts->cfg.n_positions)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("training: block_size %d exceeds the model's context of %lld positions",
-						hp.block_size, (long long) ts->cfg.n_positions)));
-	if (hp.block_size > ts->train.row_len)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("training: block_size %d exceeds the dataset's rows of %lld tokens",
-						hp.block_size, (long long) ts->train.row_len)));
-	if (hp.batch_size > ts->train.n_rows)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("training: batch_size %d exceeds the %lld training rows of dataset \"%s\"",
-						hp.batch_size, (long long) ts->train.n_rows, dataset)));
-	if (ts->val.n_rows > 0 && ts->val.row_len < hp.block_size)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("training: the val rows of dataset \"%s\" are shorter than block_size", dataset)));
-	if (hp.lr_decay_iters < 0)
-		hp.lr_decay_iters = (int32) (ts->step + hp.n_steps);
-	if (hp.eval_interval > 0 && ts->val.n_rows == 0)
-		ereport(NOTICE,
-				(errmsg("dataset \"%s\" has no val rows: no validation loss will be logged", dataset)));
-	ts->hp = hp;
-	ts->run_steps = 0;
-	INSTR_TIME_SET_CURRENT(ts->started);
+	PG_TRY();
+	{
+		start_run(dataset, &hp, PG_ARGISNULL(3));
+	}
+	PG_CATCH();
+	{
+		/* a run that cannot start keeps no training state (GBs) in the backend */
+		state_free();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	PG_RETURN_INT32((int32) ts->step);
 }
 
