@@ -26,7 +26,8 @@
 # Serial loop nest (per thread), after BLIS:
 #   for jc in cols by NC:
 #     for pc in K by KC:
-#       pack R block (KC x NC) if R is not row-contiguous        -> L2
+#       pack R block (KC x NC) if R is not row-contiguous, or    -> L2
+#       if Out has >= PACK_ROWS rows (many tiles reuse each panel)
 #       for ic in rows by MC:           L block (MC x KC) stays   -> L2
 #         for jr in NC by NR:           R micro-panel             -> L1
 #           for ir in MC by MR:         micro-kernel: MR x NR register tile
@@ -69,12 +70,16 @@ cdef extern from *:
     #ifndef PGLLM_NC
     #define PGLLM_NC 480   /* packed R block KC x NC (multiple of every NR) */
     #endif
+    #ifndef PGLLM_PACK_ROWS
+    #define PGLLM_PACK_ROWS 256  /* from this many rows a row-contiguous R is packed too */
+    #endif
     """
     enum:
         KC "PGLLM_KC"
         KC_AVX2 "PGLLM_KC_AVX2"
         MC "PGLLM_MC"
         NC "PGLLM_NC"
+        PACK_ROWS "PGLLM_PACK_ROWS"
 
 cdef enum:
     MR512 = 8
@@ -104,6 +109,7 @@ cdef struct GemmArgs:
     int mr
     int nr
     int64_t kc
+    int pack_r              # pack R into KC x NC blocks (else read it in place)
     micro_fn micro
 
 
@@ -291,7 +297,7 @@ cdef int _gemm_slab(const GemmArgs *g, int64_t r0, int64_t r1, int64_t c0, int64
     cdef int mr = g.mr, nr = g.nr
     cdef int64_t jc, nc, pc, kc, ic, mc, jr, ir, rows, cols, rstride, lrs, lcs
     cdef int overwrite, first_k, direct
-    cdef int in_place = g.r_cs == 1
+    cdef int in_place = not g.pack_r
     cdef int out_rows_contig = g.c_cs == 1
     cdef const float *bias
     cdef const float *rpanel
@@ -572,6 +578,8 @@ cdef public int pgllm_gemm(int transA, int transB, int64_t M, int64_t N, int64_t
         g.kc = KC_AVX2
         g.micro = pgllm_micro_avx2
 
+    # many rows reuse each R panel: packed, it streams from L1/L2 in order
+    g.pack_r = g.r_cs != 1 or g.rows >= PACK_ROWS
     nt = _threads_for(M * N * K // 64)
     npan_c = (g.cols + g.nr - 1) // g.nr
     npan_r = (g.rows + g.mr - 1) // g.mr
@@ -594,7 +602,7 @@ cdef public int pgllm_gemm(int transA, int transB, int64_t M, int64_t N, int64_t
             hi = npan_r * (tid + 1) // nt
             r0 = lo * g.mr
             r1 = min(hi * g.mr, g.rows)
-        Rp = _alloc_floats(<int64_t> KC * (NC if g.r_cs != 1 else NR512))
+        Rp = _alloc_floats(<int64_t> KC * (NC if g.pack_r else NR512))
         Lp = _alloc_floats(<int64_t> KC * MAX_MR)
         if Rp == NULL or Lp == NULL:
             pstatus[0] = PGLLM_ENOMEM
