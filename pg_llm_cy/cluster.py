@@ -179,6 +179,22 @@ class LocalCluster:
         return path
 
 
+def open_server(dsn: str | None, pg_config: str, settings: dict | None = None):
+    """For the benchmark and load scripts: (dsn, connection, cluster) of the
+    server at dsn, else of a throwaway cluster of pg_config's PostgreSQL
+    (pg_llm installed there), with pg_llm created.  The caller destroys the
+    cluster (None for a given dsn)."""
+    import psycopg
+
+    cluster = None
+    if not dsn:
+        cluster = LocalCluster(bindir_of(pg_config), settings=settings).initdb().start()
+        dsn = cluster.dsn
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_llm")
+    return dsn, conn, cluster
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m pg_llm_cy.cluster", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -29,21 +29,10 @@ import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 
 from pg_llm_cy import kernels as K  # noqa: E402
+from pg_llm_cy.cluster import open_server  # noqa: E402
 
 MODEL = "bench-gpt2-small"
 PROMPT_IDS = [464, 3290, 286, 262, 1266, 318, 257, 3049, 7586, 286, 1692, 326, 262, 13230, 11, 290]
-
-
-def open_server(args):
-    cluster = None
-    dsn = args.dsn
-    if not dsn:
-        from pg_llm_cy.cluster import LocalCluster, bindir_of
-        cluster = LocalCluster(bindir_of(args.pg_config)).initdb().start()
-        dsn = cluster.dsn
-    conn = psycopg.connect(dsn, autocommit=True)
-    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_llm")
-    return dsn, conn, cluster
 
 
 def prepare_model(conn, data):
@@ -83,7 +72,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
 
-    dsn, conn, cluster = open_server(args)
+    dsn, conn, cluster = open_server(args.dsn, args.pg_config)
     try:
         prepare_model(conn, args.data)
         text_prompt = conn.execute("SELECT llm_decode(%s, %s)", (PROMPT_IDS, MODEL)).fetchone()[0]

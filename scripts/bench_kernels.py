@@ -89,18 +89,11 @@ def numpy_threads(n):
         return contextlib.nullcontext()
 
 
-def open_server(args):
+def open_sql(args):
     if args.no_sql:
         return None, None
-    import psycopg
-    cluster = None
-    dsn = args.dsn
-    if not dsn:
-        from pg_llm_cy.cluster import LocalCluster, bindir_of
-        cluster = LocalCluster(bindir_of(args.pg_config)).initdb().start()
-        dsn = cluster.dsn
-    conn = psycopg.connect(dsn, autocommit=True)
-    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_llm")
+    from pg_llm_cy.cluster import open_server
+    _, conn, cluster = open_server(args.dsn, args.pg_config)
     conn.execute(BENCH_FN)
     return conn, cluster
 
@@ -115,7 +108,7 @@ def main():
     ap.add_argument("--no-sql", action="store_true")
     args = ap.parse_args()
 
-    conn, cluster = open_server(args)
+    conn, cluster = open_sql(args)
     print(f"numpy {np.__version__}: {openblas_info()}")
     print(f"pg_llm kernels: {'AVX-512' if K.cpu_has_avx512() else 'AVX2'} micro-kernel")
     if conn is not None:

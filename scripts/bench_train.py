@@ -25,24 +25,12 @@ import time
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-import psycopg  # noqa: E402
+from pg_llm_cy.cluster import open_server  # noqa: E402
 
 SHAPES = {
     "a": dict(n_layer=4, n_head=4, n_embd=256, vocab=50257, B=8, T=64),
     "b": dict(n_layer=12, n_head=12, n_embd=768, vocab=50257, B=4, T=64),
 }
-
-
-def open_server(args):
-    cluster = None
-    dsn = args.dsn
-    if not dsn:
-        from pg_llm_cy.cluster import LocalCluster, bindir_of
-        cluster = LocalCluster(bindir_of(args.pg_config)).initdb().start()
-        dsn = cluster.dsn
-    conn = psycopg.connect(dsn, autocommit=True)
-    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_llm")
-    return conn, cluster
 
 
 def bench_pg_llm(conn, name, s, steps, threads):
@@ -122,7 +110,7 @@ def main():
     ap.add_argument("--shapes", default="a,b")
     args = ap.parse_args()
 
-    conn, cluster = open_server(args)
+    _, conn, cluster = open_server(args.dsn, args.pg_config)
     try:
         print(f"threads {args.threads}; {conn.execute('SELECT pg_llm_info()').fetchone()[0]}")
         try:

@@ -26,6 +26,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
+from pg_llm_cy.cluster import open_server  # noqa: E402
 
 SHAPES = {"small": (12, 12, 768, 1024, 50257), "tiny": (2, 4, 128, 256, 50257)}
 PROMPTS = ["Once upon a time", "The database", "ROMEO:", "In the beginning", "SELECT", "Hello"]
@@ -187,12 +188,8 @@ def main():
     ap.add_argument("--checkpoint-interval", type=int, default=50)
     ap.add_argument("--max-growth-mb", type=float, default=64)
     a = ap.parse_args()
-    cluster = None
-    dsn = a.dsn
-    if not dsn:
-        from pg_llm_cy.cluster import LocalCluster, bindir_of
-        cluster = LocalCluster(bindir_of(a.pg_config), settings={"max_connections": 60}).initdb().start()
-        dsn = cluster.dsn
+    dsn, conn, cluster = open_server(a.dsn, a.pg_config, settings={"max_connections": 60})
+    conn.close()
     try:
         r = run(dsn, a.sessions, a.minutes * 60, a.shape, a.checkpoint_interval, a.max_growth_mb)
     finally:
