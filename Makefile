@@ -63,6 +63,8 @@ $(KERNEL_OBJ): override CFLAGS += $(KERNEL_CFLAGS) $(if $(PG_LLM_SANITIZE),-fsan
 	-Wno-unused-but-set-variable -Wno-maybe-uninitialized -Wno-uninitialized -Wno-missing-format-attribute
 
 $(SHIM_OBJS): pyx/shim/pg_llm.h pyx/pg_llm_kernels.h
+# PG_LLM_VERSION comes from the control file
+pyx/shim/pg_llm.o: pg_llm.control
 
 all: check-nopython
 check-nopython: $(shlib)

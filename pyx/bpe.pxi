@@ -17,6 +17,9 @@
 cdef extern from "pg_llm_kernels.h" nogil:
     ctypedef struct PgllmBPE:
         pass
+    enum:
+        PGLLM_BPE_MAX_TOKENS
+        PGLLM_BPE_MAX_BYTES
 
 cdef extern from "unicode_tables.h" nogil:
     const uint32_t pgllm_uni_L[1]
@@ -377,25 +380,124 @@ cdef void _cache_clear(BPEState *s) noexcept nogil:
     s.wc_ids_used = 0
 
 
-cdef public PgllmBPE *pgllm_bpe_create(int64_t n_tokens, const uint8_t *data,
-                                       const int64_t *offsets, const uint8_t *special,
-                                       int *status) noexcept nogil:
-    cdef BPEState *s
-    cdef int64_t i, k, n, slot_count, total
-    cdef int32_t id, a, b
+# Building a tokenizer from any vocabulary -- a file, or rows an admin wrote
+# into llm_vocab -- is bounded: every table is sized from a count made first
+# (at most half full, so every probe loop ends), the work is linear in the
+# vocabulary's bytes, and the cancel flag is polled every CANCEL_EVERY
+# tokens.  The splits of a token into two tokens come from two tries over
+# the vocabulary (forward, and over reversed tokens): one walk along a token
+# finds every prefix that is a token, one walk along it backwards every
+# suffix, so a token of L bytes costs O(L) whatever the vocabulary holds
+# (hashing each prefix and suffix would cost O(L^2), and an adversarial
+# vocabulary of "a", "aa", ..., "a" * 20000 would take hours).
+DEF CANCEL_EVERY = 4096
+
+
+cdef struct Trie:
+    uint64_t *keys              # (node << 8 | byte) + 1, 0 empty
+    int32_t *child
+    int32_t *token              # by node: id of the token ending there, or -1
+    int64_t mask
+    int64_t n_nodes
+
+
+cdef void _trie_free(Trie *t) noexcept nogil:
+    free(t.keys)
+    free(t.child)
+    free(t.token)
+    memset(t, 0, sizeof(Trie))
+
+
+cdef int _trie_init(Trie *t, int64_t max_nodes) noexcept nogil:
+    cdef int64_t slots = _pow2_at_least(2 * max_nodes + 16), i
+    t.mask = slots - 1
+    t.n_nodes = 1                           # the root
+    t.keys = <uint64_t *> calloc(slots, sizeof(uint64_t))
+    t.child = <int32_t *> malloc(slots * sizeof(int32_t))
+    t.token = <int32_t *> malloc((max_nodes + 1) * sizeof(int32_t))
+    if t.keys == NULL or t.child == NULL or t.token == NULL:
+        _trie_free(t)
+        return 0
+    for i in range(max_nodes + 1):
+        t.token[i] = -1
+    return 1
+
+
+cdef inline int32_t _trie_step(Trie *t, int32_t node, uint8_t byte, int create) noexcept nogil:
+    """The child of node along byte (created if asked), or -1."""
+    cdef uint64_t key = ((<uint64_t> node << 8) | byte) + 1
+    cdef uint64_t slot = _mix64(key) & <uint64_t> t.mask
+    while t.keys[slot] != 0:
+        if t.keys[slot] == key:
+            return t.child[slot]
+        slot = (slot + 1) & <uint64_t> t.mask
+    if not create:
+        return -1
+    t.keys[slot] = key
+    t.child[slot] = <int32_t> t.n_nodes
+    t.n_nodes = t.n_nodes + 1
+    return t.child[slot]
+
+
+cdef void _trie_add(Trie *t, const uint8_t *p, int64_t n, int reverse, int32_t id) noexcept nogil:
+    cdef int32_t node = 0
+    cdef int64_t k
+    for k in range(n):
+        node = _trie_step(t, node, p[n - 1 - k] if reverse else p[k], 1)
+    if t.token[node] < 0:
+        t.token[node] = id                  # duplicate bytes: the lower id wins
+
+
+cdef void _splits(Trie *fwd, Trie *rev, const uint8_t *p, int64_t n, int32_t *pre,
+                  int32_t *suf) noexcept nogil:
+    """pre[k]: the token p[:k], suf[k]: the token p[k:] (k = 1 .. n-1), or -1."""
+    cdef int32_t node = 0
+    cdef int64_t k
+    for k in range(1, n):
+        pre[k] = -1
+        suf[k] = -1
+    for k in range(1, n):
+        node = _trie_step(fwd, node, p[k - 1], 0)
+        if node < 0:
+            break
+        pre[k] = fwd.token[node]
+    node = 0
+    for k in range(n - 1, 0, -1):
+        node = _trie_step(rev, node, p[k], 0)
+        if node < 0:
+            break
+        suf[k] = rev.token[node]
+
+
+cdef public int pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const int64_t *offsets,
+                                 const uint8_t *special, PgllmBPE **out,
+                                 const int *cancel) noexcept nogil:
+    cdef BPEState *s = NULL
+    cdef Trie fwd, rev
+    cdef int64_t i, k, n, slot_count, total, max_len = 1, n_pairs = 0, pass_
+    cdef int32_t id
+    cdef int32_t *pre = NULL
+    cdef int32_t *suf = NULL
     cdef uint64_t slot
     cdef const uint8_t *t
+    cdef int rc = PGLLM_OK
+    out[0] = NULL
+    memset(&fwd, 0, sizeof(Trie))
+    memset(&rev, 0, sizeof(Trie))
     if not pgllm__uclass_ready:
         _build_uclass()
-    status[0] = PGLLM_OK
-    if n_tokens <= 0 or n_tokens > 0x7FFFFFFE:
-        status[0] = PGLLM_EINVAL
-        return NULL
+    if n_tokens <= 0 or n_tokens > PGLLM_BPE_MAX_TOKENS or offsets[0] != 0:
+        return PGLLM_EINVAL
+    for i in range(n_tokens):
+        if offsets[i + 1] < offsets[i]:
+            return PGLLM_EINVAL
+        max_len = max(max_len, offsets[i + 1] - offsets[i])
     total = offsets[n_tokens]
+    if total > PGLLM_BPE_MAX_BYTES:
+        return PGLLM_EINVAL
     s = <BPEState *> calloc(1, sizeof(BPEState))
     if s == NULL:
-        status[0] = PGLLM_ENOMEM
-        return NULL
+        return PGLLM_ENOMEM
     s.n_tokens = n_tokens
     s.data = <uint8_t *> malloc(max(total, <int64_t> 1))
     s.offsets = <int64_t *> malloc((n_tokens + 1) * sizeof(int64_t))
@@ -403,9 +505,6 @@ cdef public PgllmBPE *pgllm_bpe_create(int64_t n_tokens, const uint8_t *data,
     slot_count = _pow2_at_least(2 * n_tokens + 16)
     s.tok_mask = slot_count - 1
     s.tok_slots = <int32_t *> malloc(slot_count * sizeof(int32_t))
-    s.pair_mask = _pow2_at_least(4 * n_tokens + 16) - 1
-    s.pair_keys = <uint64_t *> malloc((s.pair_mask + 1) * sizeof(uint64_t))
-    s.pair_vals = <int32_t *> malloc((s.pair_mask + 1) * sizeof(int32_t))
     s.wc_hash = <uint64_t *> malloc(CACHE_SLOTS * sizeof(uint64_t))
     s.wc_off = <int64_t *> malloc(CACHE_SLOTS * sizeof(int64_t))
     s.wc_len = <int32_t *> malloc(CACHE_SLOTS * sizeof(int32_t))
@@ -413,57 +512,83 @@ cdef public PgllmBPE *pgllm_bpe_create(int64_t n_tokens, const uint8_t *data,
     s.wc_nids = <int32_t *> malloc(CACHE_SLOTS * sizeof(int32_t))
     s.wc_bytes = <uint8_t *> malloc(CACHE_BYTES)
     s.wc_ids = <int32_t *> malloc(CACHE_IDS * sizeof(int32_t))
+    pre = <int32_t *> malloc((max_len + 1) * sizeof(int32_t))
+    suf = <int32_t *> malloc((max_len + 1) * sizeof(int32_t))
     if (s.data == NULL or s.offsets == NULL or s.special == NULL or s.tok_slots == NULL or
-            s.pair_keys == NULL or s.pair_vals == NULL or s.wc_hash == NULL or s.wc_off == NULL or
-            s.wc_len == NULL or s.wc_ids_off == NULL or s.wc_nids == NULL or s.wc_bytes == NULL or
-            s.wc_ids == NULL):
+            s.wc_hash == NULL or s.wc_off == NULL or s.wc_len == NULL or s.wc_ids_off == NULL or
+            s.wc_nids == NULL or s.wc_bytes == NULL or s.wc_ids == NULL or pre == NULL or
+            suf == NULL or not _trie_init(&fwd, total) or not _trie_init(&rev, total)):
+        rc = PGLLM_ENOMEM
+    if rc == PGLLM_OK:
+        memcpy(s.data, data, total)
+        memcpy(s.offsets, offsets, (n_tokens + 1) * sizeof(int64_t))
+        memcpy(s.special, special, n_tokens)
+        _cache_clear(s)
+        # bytes -> id for the mergeable (non-special) tokens, and the tries
+        for i in range(slot_count):
+            s.tok_slots[i] = -1
+        for id in range(n_tokens):
+            if (id % CANCEL_EVERY) == 0 and PGLLM_CANCELLED(cancel):
+                rc = PGLLM_INTERRUPTED
+                break
+            n = _tok_len(s, id)
+            if n <= 0 or s.special[id]:
+                continue
+            t = s.data + s.offsets[id]
+            slot = _hash_bytes(t, n) & <uint64_t> s.tok_mask
+            while s.tok_slots[slot] >= 0:
+                if _tok_len(s, s.tok_slots[slot]) == n and memcmp(s.data + s.offsets[s.tok_slots[slot]], t, n) == 0:
+                    break               # duplicate bytes: the lower id wins
+                slot = (slot + 1) & <uint64_t> s.tok_mask
+            if s.tok_slots[slot] < 0:
+                s.tok_slots[slot] = id
+            _trie_add(&fwd, t, n, 0, id)
+            _trie_add(&rev, t, n, 1, id)
+    if rc == PGLLM_OK:
+        _fill_byte_ids(s)
+        for i in range(256):
+            if s.byte_id[i] < 0:
+                rc = PGLLM_EINVAL       # byte-level BPE needs all 256 bytes
+                break
+    # every split of every token into two tokens: counted, then inserted
+    # into a table twice that size
+    for pass_ in range(2):
+        if rc != PGLLM_OK:
+            break
+        if pass_ == 1:
+            s.pair_mask = _pow2_at_least(2 * n_pairs + 16) - 1
+            s.pair_keys = <uint64_t *> malloc((s.pair_mask + 1) * sizeof(uint64_t))
+            s.pair_vals = <int32_t *> malloc((s.pair_mask + 1) * sizeof(int32_t))
+            if s.pair_keys == NULL or s.pair_vals == NULL:
+                rc = PGLLM_ENOMEM
+                break
+            for i in range(s.pair_mask + 1):
+                s.pair_keys[i] = <uint64_t> 0xFFFFFFFFFFFFFFFFULL
+        for id in range(n_tokens):
+            if (id % CANCEL_EVERY) == 0 and PGLLM_CANCELLED(cancel):
+                rc = PGLLM_INTERRUPTED
+                break
+            n = _tok_len(s, id)
+            if n < 2 or s.special[id]:
+                continue
+            t = s.data + s.offsets[id]
+            _splits(&fwd, &rev, t, n, pre, suf)
+            for k in range(1, n):
+                if pre[k] < 0 or suf[k] < 0:
+                    continue
+                if pass_ == 0:
+                    n_pairs = n_pairs + 1
+                else:
+                    _pair_insert(s, pre[k], suf[k], id)
+    _trie_free(&fwd)
+    _trie_free(&rev)
+    free(pre)
+    free(suf)
+    if rc != PGLLM_OK:
         _bpe_free_state(s)
-        status[0] = PGLLM_ENOMEM
-        return NULL
-    memcpy(s.data, data, total)
-    memcpy(s.offsets, offsets, (n_tokens + 1) * sizeof(int64_t))
-    memcpy(s.special, special, n_tokens)
-    _cache_clear(s)
-
-    # bytes -> id for the mergeable (non-special) tokens
-    for i in range(slot_count):
-        s.tok_slots[i] = -1
-    for id in range(n_tokens):
-        n = _tok_len(s, id)
-        if n <= 0 or s.special[id]:
-            continue
-        t = s.data + s.offsets[id]
-        slot = _hash_bytes(t, n) & <uint64_t> s.tok_mask
-        while s.tok_slots[slot] >= 0:
-            if _tok_len(s, s.tok_slots[slot]) == n and memcmp(s.data + s.offsets[s.tok_slots[slot]], t, n) == 0:
-                break               # duplicate bytes: the lower id wins
-            slot = (slot + 1) & <uint64_t> s.tok_mask
-        if s.tok_slots[slot] < 0:
-            s.tok_slots[slot] = id
-    _fill_byte_ids(s)
-    for i in range(256):
-        if s.byte_id[i] < 0:
-            _bpe_free_state(s)
-            status[0] = PGLLM_EINVAL        # byte-level BPE needs all 256 bytes
-            return NULL
-
-    # every split of every token into two tokens
-    for i in range(s.pair_mask + 1):
-        s.pair_keys[i] = <uint64_t> 0xFFFFFFFFFFFFFFFFULL
-    for id in range(n_tokens):
-        n = _tok_len(s, id)
-        if n < 2 or s.special[id]:
-            continue
-        t = s.data + s.offsets[id]
-        for k in range(1, n):
-            a = _tok_lookup(s, t, k)
-            if a < 0:
-                continue
-            b = _tok_lookup(s, t + k, n - k)
-            if b < 0:
-                continue
-            _pair_insert(s, a, b, id)
-    return <PgllmBPE *> s
+        return rc
+    out[0] = <PgllmBPE *> s
+    return PGLLM_OK
 
 
 cdef void _fill_byte_ids(BPEState *s) noexcept nogil:
@@ -682,20 +807,19 @@ cdef void _cache_put(BPEState *s, const uint8_t *p, int64_t n, uint64_t h,
     s.wc_used = s.wc_used + 1
 
 
-cdef public int64_t pgllm_bpe_encode(PgllmBPE *bpe, const uint8_t *text, int64_t len,
-                                     int32_t *ids, int64_t cap, int *status,
-                                     const int *cancel) noexcept nogil:
+cdef public int pgllm_bpe_encode(PgllmBPE *bpe, const uint8_t *text, int64_t len,
+                                 int32_t *ids, int64_t cap, int64_t *n_ids,
+                                 const int *cancel) noexcept nogil:
     cdef BPEState *s = <BPEState *> bpe
     cdef int64_t i = 0, e, n, count = 0, m, slot, k, pieces = 0
     cdef int32_t tok
     cdef uint64_t h
     cdef const int32_t *src
-    status[0] = PGLLM_OK
+    n_ids[0] = 0
     while i < len:
         pieces = pieces + 1
         if (pieces & 4095) == 0 and PGLLM_CANCELLED(cancel):
-            status[0] = PGLLM_INTERRUPTED
-            return -1
+            return PGLLM_INTERRUPTED
         e = _piece_end(text, len, i)
         n = e - i
         h = 0
@@ -708,8 +832,7 @@ cdef public int64_t pgllm_bpe_encode(PgllmBPE *bpe, const uint8_t *text, int64_t
             src = s.wc_ids + s.wc_ids_off[slot]
         else:
             if not _ensure_scratch(s, n + 1):
-                status[0] = PGLLM_ENOMEM
-                return -1
+                return PGLLM_ENOMEM
             tok = _tok_lookup(s, text + i, n)
             if tok >= 0:
                 s.parts[0] = tok
@@ -717,21 +840,20 @@ cdef public int64_t pgllm_bpe_encode(PgllmBPE *bpe, const uint8_t *text, int64_t
             elif n > LONG_PIECE:
                 m = _merge_piece_long(s, text + i, n, cancel)
                 if m < 0:
-                    status[0] = PGLLM_ENOMEM if m == -1 else PGLLM_INTERRUPTED
-                    return -1
+                    return PGLLM_ENOMEM if m == -1 else PGLLM_INTERRUPTED
             else:
                 m = _merge_piece(s, text + i, n)
             src = s.parts
             if n <= CACHE_PIECE_MAX:
                 _cache_put(s, text + i, n, h, src, m)
         if count + m > cap:
-            status[0] = PGLLM_EINVAL
-            return -1
+            return PGLLM_EINVAL             # more ids than cap
         for k in range(m):
             ids[count + k] = src[k]
         count = count + m
+        n_ids[0] = count
         i = e
-    return count
+    return PGLLM_OK
 
 
 cdef public int64_t pgllm_bpe_decoded_len(const PgllmBPE *bpe, const int32_t *ids,
@@ -1048,14 +1170,20 @@ cdef public int pgllm_parse_merges(const PgllmBPE *bpe, const uint8_t *text, int
                                    int32_t *left, int32_t *right, int32_t *merged,
                                    int64_t cap, int64_t *count,
                                    int64_t *err_line) noexcept nogil:
-    cdef int64_t i = 0, eol, sp, end, line = 0, n = 0, la, lb
-    cdef uint8_t *buf = <uint8_t *> malloc(2 * (len + 1))
+    cdef int64_t i = 0, eol, sp, end, line = 0, n = 0, la, lb, longest = 0, start = 0
+    cdef uint8_t *buf
     cdef int32_t a, b, m
     cdef int rc = PGLLM_OK
     count[0] = 0
     err_line[0] = 0
+    for i in range(len + 1):            # a line's two tokens decode into buf
+        if i == len or text[i] == 10:
+            longest = max(longest, i - start)
+            start = i + 1
+    buf = <uint8_t *> malloc(longest + 1)
     if buf == NULL:
         return PGLLM_ENOMEM
+    i = 0
     while i < len:
         line = line + 1
         eol = i
@@ -1136,14 +1264,18 @@ cdef class Tokenizer:
     def __cinit__(self, const uint8_t[::1] data, const int64_t[::1] offsets,
                   const uint8_t[::1] special):
         cdef int status = 0
-        cdef int64_t n = offsets.shape[0] - 1
-        if n <= 0 or special.shape[0] != n or offsets[n] > data.shape[0]:
+        cdef int64_t n = offsets.shape[0] - 1, i
+        if n <= 0 or special.shape[0] != n or offsets[0] != 0 or offsets[n] > data.shape[0]:
             raise ValueError("Tokenizer: inconsistent vocabulary arrays")
-        self.bpe = pgllm_bpe_create(n, &data[0], &offsets[0], &special[0], &status)
-        if self.bpe == NULL:
-            if status == PGLLM_EINVAL:
-                raise ValueError("Tokenizer: the vocabulary lacks a single-byte token")
-            _check_status(status)
+        for i in range(n):
+            if offsets[i + 1] < offsets[i]:
+                raise ValueError("Tokenizer: inconsistent vocabulary arrays")
+        with nogil:
+            status = pgllm_bpe_create(n, &data[0], &offsets[0], &special[0], &self.bpe, NULL)
+        if status == PGLLM_EINVAL:
+            raise ValueError("Tokenizer: the vocabulary lacks a single-byte token, or exceeds "
+                             "16777216 tokens or 1 GB")
+        _check_status(status)
         self.n_tokens = n
 
     def __dealloc__(self):
@@ -1183,11 +1315,9 @@ cdef class Tokenizer:
         cdef int64_t n = len(b)
         out = np.empty(max(n, 1), np.int32)
         cdef int[::1] ov = out
-        cdef int status = 0
-        cdef int64_t count = pgllm_bpe_encode(self.bpe, <const uint8_t *> <char *> b, n,
-                                              <int32_t *> &ov[0], n, &status, NULL)
-        if count < 0:
-            _check_status(status)
+        cdef int64_t count = 0
+        _check_status(pgllm_bpe_encode(self.bpe, <const uint8_t *> <char *> b, n,
+                                       <int32_t *> &ov[0], n, &count, NULL))
         return out[:count]
 
     def decode_bytes(self, ids):

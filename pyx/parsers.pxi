@@ -200,8 +200,13 @@ cdef public uint32_t pgllm_crc32(uint32_t crc, const uint8_t *buf, int64_t len) 
     return crc
 
 
+DEF INFLATE_SLICE = 8 << 20
+
+
 cdef public int pgllm_inflate(const uint8_t *inp, int64_t in_len, uint8_t *out,
-                              int64_t out_len) noexcept nogil:
+                              int64_t out_len, const int *cancel) noexcept nogil:
+    """Output in slices of INFLATE_SLICE bytes, the cancel flag polled
+    between them (a 1 GB member takes seconds); restartable."""
     cdef z_stream z
     cdef int rc
     cdef int64_t in_left = in_len, out_left = out_len
@@ -212,11 +217,14 @@ cdef public int pgllm_inflate(const uint8_t *inp, int64_t in_len, uint8_t *out,
     z.next_out = out
     rc = Z_OK
     while rc == Z_OK:
+        if PGLLM_CANCELLED(cancel):
+            inflateEnd(&z)
+            return PGLLM_INTERRUPTED
         if z.avail_in == 0 and in_left > 0:
             z.avail_in = <unsigned int> min(in_left, <int64_t> 1 << 30)
             in_left = in_left - z.avail_in
         if z.avail_out == 0 and out_left > 0:
-            z.avail_out = <unsigned int> min(out_left, <int64_t> 1 << 30)
+            z.avail_out = <unsigned int> min(out_left, <int64_t> INFLATE_SLICE)
             out_left = out_left - z.avail_out
         rc = inflate(&z, Z_NO_FLUSH)
         if rc == Z_BUF_ERROR and (z.avail_in == 0 and in_left == 0 or
@@ -845,7 +853,7 @@ def inflate_raw(const unsigned char[::1] data, int64_t out_len):
     out = bytearray(max(out_len, 1))
     cdef unsigned char[::1] ov = out
     cdef int rc = pgllm_inflate(&data[0] if data.shape[0] else <const uint8_t *> b"", data.shape[0],
-                                &ov[0], out_len)
+                                &ov[0], out_len, NULL)
     if rc != PGLLM_OK:
         raise ValueError("deflate: malformed stream")
     return bytes(out[:out_len])

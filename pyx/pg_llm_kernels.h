@@ -271,14 +271,22 @@ int		pgllm_topk(const float *x, int64_t n, int64_t k, int64_t *idx);
  * tiktoken, whose ranks equal GPT-2's ids. */
 typedef struct PgllmBPE PgllmBPE;
 
-PgllmBPE   *pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const int64_t *offsets,
-							 const uint8_t *special, int *status);
+/* the largest vocabulary a tokenizer is built from */
+#define PGLLM_BPE_MAX_TOKENS 16777216
+#define PGLLM_BPE_MAX_BYTES  (1 << 30)
+
+/* *out: a tokenizer built from any vocabulary, in time linear in its bytes;
+ * PGLLM_EINVAL: not byte-level (a byte has no token), more than 16777216
+ * tokens or 1 GB of token bytes, or offsets that decrease; restartable
+ * (PGLLM_INTERRUPTED frees what it built) */
+int			pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const int64_t *offsets,
+							 const uint8_t *special, PgllmBPE **out, const int *cancel);
 void		pgllm_bpe_free(PgllmBPE *bpe);
 int64_t		pgllm_bpe_n_tokens(const PgllmBPE *bpe);
-/* UTF-8 text -> ids (at most cap of them); returns the count, or -1 with
- * *status PGLLM_EINVAL when cap is too small, PGLLM_INTERRUPTED, PGLLM_ENOMEM */
-int64_t		pgllm_bpe_encode(PgllmBPE *bpe, const uint8_t *text, int64_t len, int32_t *ids,
-							 int64_t cap, int *status, const int *cancel);
+/* UTF-8 text -> ids (at most cap of them, *n_ids of them); PGLLM_EINVAL
+ * when cap is too small; restartable */
+int			pgllm_bpe_encode(PgllmBPE *bpe, const uint8_t *text, int64_t len, int32_t *ids,
+							 int64_t cap, int64_t *n_ids, const int *cancel);
 /* bytes of the decoded ids (-1 if an id is out of range) */
 int64_t		pgllm_bpe_decoded_len(const PgllmBPE *bpe, const int32_t *ids, int64_t n);
 int64_t		pgllm_bpe_decode(const PgllmBPE *bpe, const int32_t *ids, int64_t n, uint8_t *out);
@@ -332,8 +340,9 @@ int			pgllm_zip_next_entry(const uint8_t *cd, int64_t cd_len, int64_t *pos,
 								 PgllmZipEntry *e);
 /* from a local file header (at least 30 bytes): bytes before the data */
 int			pgllm_zip_local_header_len(const uint8_t *hdr, int64_t len, int64_t *data_skip);
-/* raw deflate -> exactly out_len bytes */
-int			pgllm_inflate(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len);
+/* raw deflate -> exactly out_len bytes; restartable */
+int			pgllm_inflate(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len,
+						  const int *cancel);
 uint32_t	pgllm_crc32(uint32_t crc, const uint8_t *buf, int64_t len);
 
 /* .npy header (first bytes of the member): float32 little-endian only

@@ -138,12 +138,10 @@ CALLS = {
     ("pg_llm_train_begin", ("text", "integer", "integer", "integer", "double precision", "double precision",
                             "integer", "integer", "double precision", "double precision", "double precision",
                             "double precision", "integer", "double precision", "integer", "integer", "integer",
-                            "double precision", "text", "integer", "double precision")):
-        ([MT] + TRAIN_HP + [M, "1", "1e-8"], None),
-    ("pg_llm_train_steps", ("text", "integer")):
-        ([MT, "1"], "SELECT pg_llm_train_begin('bi_train', " + ", ".join(TRAIN_HP) + ", 'bi', 1, 1e-8)"),
-    ("pg_llm_train_writeback", ("text",)):
-        ([MT], "SELECT pg_llm_train_begin('bi_train', " + ", ".join(TRAIN_HP) + ", 'bi', 1, 1e-8)"),
+                            "double precision", "text", "integer", "double precision", "integer")):
+        ([MT] + TRAIN_HP + [M, "1", "1e-8", "1"], None),
+    ("pg_llm_train_tick", ("text",)):
+        ([MT], "SELECT pg_llm_train_begin('bi_train', " + ", ".join(TRAIN_HP) + ", 'bi', 1, 1e-8, 1)"),
     ("pg_llm_train_end", ("text",)): ([MT], None),
     ("pg_llm_transpose", ("bytea", "integer", "integer")): ([T(6), "2", "3"], None),
 }
@@ -155,7 +153,8 @@ def catalog(conn):
         "SELECT p.proname, coalesce(array_to_string(array(SELECT format_type(t, NULL) "
         "  FROM unnest(p.proargtypes) t), ','), ''), p.prokind, p.proretset "
         "FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass "
-        "JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_llm'").fetchall()
+        "JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_llm' "
+        "WHERE p.prorettype <> 'trigger'::regtype").fetchall()     # triggers: test_dump.py
     return {(name, tuple(a for a in args.split(",") if a)): (kind, retset) for name, args, kind, retset in rows}
 
 

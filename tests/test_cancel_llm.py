@@ -68,8 +68,12 @@ def test_cancel(conn, pg_dsn, model, what, how):
     sql = LONG[what].replace("{path}", model)
     before = state(conn, model)
     setup = ["SET pg_llm.num_threads = 2"]
+    # the timeout strikes well inside the shortest of these calls (an export
+    # of gpt2-small's 500 MB takes about 1.5 s): one that ended first would
+    # have done its work, not left it half-done
+    timeout = 0.8
     if how == "statement_timeout":
-        setup.append("SET statement_timeout = '1500ms'")
+        setup.append(f"SET statement_timeout = '{int(timeout * 1000)}ms'")
     r = Runner(pg_dsn, sql, setup)
     t0 = time.perf_counter()
     r.start()
@@ -78,7 +82,7 @@ def test_cancel(conn, pg_dsn, model, what, how):
         t0 = time.perf_counter()
         assert conn.execute("SELECT pg_cancel_backend(%s)", (r.pid,)).fetchone()[0]
     else:
-        t0 += 1.5
+        t0 += timeout
     r.join(60)
     assert isinstance(r.error, psycopg.errors.QueryCanceled), f"{what}: {r.error or r.result}"
     latency = r.ended - t0

@@ -149,9 +149,8 @@ def test_procedure_arguments_and_transaction_block(conn, pg_dsn):
 
 def test_steps_without_a_run(pg_dsn):
     with psycopg.connect(pg_dsn, autocommit=True) as c:
-        assert_sql_error(c, "SELECT pg_llm_train_steps('err_train', 1)", (), "55000",
+        assert_sql_error(c, "SELECT pg_llm_train_tick('err_train')", (), "55000",
                          'no training run of model "err_train" in this session')
-        assert_sql_error(c, "SELECT pg_llm_train_writeback('err_train')", (), "55000", "no training run")
 
 
 def test_pg_gpt2_form_checks_shape(conn):

@@ -82,7 +82,7 @@ def test_ordinary_role_generates(roles):
     "SELECT llm_train('perm', 1, 1, 2, 16, 50257)",
     "CALL llm_train_run('perm', 1)",
     "SELECT llm_train_step('perm', '{1,2}', '{2,3}')",
-    "SELECT pg_llm_train_steps('perm', 1)",
+    "SELECT pg_llm_train_tick('perm')",
     "SELECT llm_checkpoint_save('perm', 'x')",
     "SELECT llm_checkpoint_load('perm', 1)",
 ])

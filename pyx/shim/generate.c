@@ -615,7 +615,7 @@ pg_llm_beam_search(PG_FUNCTION_ARGS)
 
 		values[0] = Int32GetDatum(i + 1);
 		values[1] = Float8GetDatum(done[i].score);
-		values[2] = PointerGetDatum(pgllm_int4_array_build(done[i].ids, done[i].len));
+		values[2] = PointerGetDatum(pgllm_int4_array_result(done[i].ids, done[i].len, "llm_beam_search"));
 		values[3] = PointerGetDatum(cstring_to_text(pgllm_decode_text(bpe, done[i].ids, done[i].len,
 																	   false, NULL)));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);

@@ -27,119 +27,6 @@
 #include <ctype.h>
 
 /* ---------------------------------------------------------------------------
- * the extension's schema
- * ------------------------------------------------------------------------- */
-static Oid	schema_ext_oid = InvalidOid;
-static char *schema_quoted = NULL;
-
-const char *
-pgllm_table(const char *table)
-{
-	Oid			ext = get_extension_oid("pg_llm", true);
-
-	if (!OidIsValid(ext))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension pg_llm is not installed in this database")));
-	if (ext != schema_ext_oid)
-	{
-		int			rc;
-		bool		isnull;
-		Datum		nsp;
-
-		SPI_connect();
-		rc = SPI_execute_with_args("SELECT n.nspname::text FROM pg_catalog.pg_extension e "
-								   "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
-								   "WHERE e.oid = $1",
-								   1, (Oid[]) {OIDOID}, (Datum[]) {ObjectIdGetDatum(ext)},
-								   NULL, true, 1);
-		if (rc != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "pg_llm: could not find the extension's schema");
-		nsp = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (schema_quoted)
-			pfree(schema_quoted);
-		schema_quoted = MemoryContextStrdup(TopMemoryContext,
-											quote_identifier(TextDatumGetCString(nsp)));
-		SPI_finish();
-		schema_ext_oid = ext;
-	}
-	return psprintf("%s.%s", schema_quoted, table);
-}
-
-char *
-pgllm_model_name_arg(FunctionCallInfo fcinfo, int argno)
-{
-	if (PG_NARGS() > argno && !PG_ARGISNULL(argno))
-		return text_to_cstring(PG_GETARG_TEXT_PP(argno));
-	if (pgllm_default_model == NULL || pgllm_default_model[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("no model given and pg_llm.default_model is not set")));
-	return pstrdup(pgllm_default_model);
-}
-
-/* ---------------------------------------------------------------------------
- * configuration
- * ------------------------------------------------------------------------- */
-void
-pgllm_model_config(const char *name, PgllmGPT2Config *cfg, int64 *version)
-{
-	int			rc;
-	HeapTuple	tup;
-	TupleDesc	td;
-	bool		isnull;
-	char	   *sql = psprintf("SELECT n_layer, n_head, d_model, n_positions, vocab, "
-							   "layer_norm_eps, version FROM %s WHERE model = $1",
-							   pgllm_table("llm_model_config"));
-
-	SPI_connect();
-	rc = SPI_execute_with_args(sql, 1, (Oid[]) {TEXTOID},
-							   (Datum[]) {CStringGetTextDatum(name)}, NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "pg_llm: reading llm_model_config failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("model \"%s\" does not exist", name),
-				 errhint("See the llm_models view; create one with llm_create_model or import one with pg_llm_import_npz.")));
-	tup = SPI_tuptable->vals[0];
-	td = SPI_tuptable->tupdesc;
-	cfg->n_layer = DatumGetInt32(SPI_getbinval(tup, td, 1, &isnull));
-	cfg->n_head = DatumGetInt32(SPI_getbinval(tup, td, 2, &isnull));
-	cfg->n_embd = DatumGetInt32(SPI_getbinval(tup, td, 3, &isnull));
-	cfg->n_positions = DatumGetInt32(SPI_getbinval(tup, td, 4, &isnull));
-	cfg->vocab = DatumGetInt32(SPI_getbinval(tup, td, 5, &isnull));
-	cfg->eps = DatumGetFloat4(SPI_getbinval(tup, td, 6, &isnull));
-	if (version)
-		*version = DatumGetInt64(SPI_getbinval(tup, td, 7, &isnull));
-	SPI_finish();
-}
-
-int64
-pgllm_model_bump_version(const char *name)
-{
-	int			rc;
-	bool		isnull;
-	int64		version;
-	char	   *sql = psprintf("UPDATE %s SET version = nextval('%s'), updated_at = now() "
-							   "WHERE model = $1 RETURNING version",
-							   pgllm_table("llm_model_config"),
-							   pgllm_table("llm_model_version_seq"));
-
-	SPI_connect();
-	rc = SPI_execute_with_args(sql, 1, (Oid[]) {TEXTOID},
-							   (Datum[]) {CStringGetTextDatum(name)}, NULL, false, 1);
-	if (rc != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("model \"%s\" does not exist", name)));
-	version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-										  &isnull));
-	SPI_finish();
-	return version;
-}
-
-/* ---------------------------------------------------------------------------
  * HuggingFace names <-> tensor kinds
  * ------------------------------------------------------------------------- */
 typedef struct HFParam
@@ -309,7 +196,6 @@ bool
 pgllm_params_read(const char *name, const PgllmGPT2Config *cfg, const char *column,
 				  float *dest)
 {
-	int			rc;
 	uint64		r;
 	int			ntensors = pgllm_param_count(cfg);
 	bool	   *seen = palloc0(sizeof(bool) * PGLLM_NUM_PARAM_TENSORS * cfg->n_layer);
@@ -320,15 +206,14 @@ pgllm_params_read(const char *name, const PgllmGPT2Config *cfg, const char *colu
 	bool		fast = true;
 	int			nseen = 0;
 	int			i;
-	char	   *sql = psprintf("SELECT name, %s FROM %s WHERE model = $1", column,
+	char	   *sql = psprintf("SELECT name, %s FROM %s WHERE model OPERATOR(pg_catalog.=) $1", column,
 							   pgllm_table("llm_param"));
+	int			spi = pgllm_spi_begin();
+	uint64		nrows = pgllm_spi_exec(sql, 1, (Oid[]) {TEXTOID},
+									   (Datum[]) {CStringGetTextDatum(name)}, NULL, true, 0,
+									   SPI_OK_SELECT);
 
-	SPI_connect();
-	rc = SPI_execute_with_args(sql, 1, (Oid[]) {TEXTOID},
-							   (Datum[]) {CStringGetTextDatum(name)}, NULL, true, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "pg_llm: reading llm_param failed: %s", SPI_result_code_string(rc));
-	for (r = 0; r < SPI_processed; r++)
+	for (r = 0; r < nrows; r++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[r];
 		bool		isnull;
@@ -352,7 +237,7 @@ pgllm_params_read(const char *name, const PgllmGPT2Config *cfg, const char *colu
 							name, tname)));
 		if (isnull)
 		{
-			SPI_finish();
+			pgllm_spi_end(spi);
 			return false;		/* no optimizer state yet, say */
 		}
 		if (seen[kind * cfg->n_layer + layer])
@@ -423,7 +308,7 @@ pgllm_params_read(const char *name, const PgllmGPT2Config *cfg, const char *colu
 		}
 		CHECK_FOR_INTERRUPTS();
 	}
-	SPI_finish();
+	pgllm_spi_end(spi);
 	pfree(seen);
 	pfree(targets);
 	pfree(target_datums);
@@ -483,22 +368,21 @@ pgllm_params_write(const char *name, const PgllmGPT2Config *cfg, float *params, 
 				rc;
 	int			n = pgllm_param_count(cfg);
 	char	   *sql;
+	int			spi = pgllm_spi_begin();
 
-	SPI_connect();
 	if (replace)
 	{
-		rc = SPI_execute_with_args(psprintf("DELETE FROM %s WHERE model = $1",
-											pgllm_table("llm_param")),
-								   1, (Oid[]) {TEXTOID},
-								   (Datum[]) {CStringGetTextDatum(name)}, NULL, false, 0);
-		if (rc != SPI_OK_DELETE)
-			elog(ERROR, "pg_llm: clearing llm_param failed: %s", SPI_result_code_string(rc));
+		pgllm_spi_exec(psprintf("DELETE FROM %s WHERE model OPERATOR(pg_catalog.=) $1",
+								pgllm_table("llm_param")),
+					   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(name)}, NULL, false, 0,
+					   SPI_OK_DELETE);
 		sql = psprintf("INSERT INTO %s (model, name, shape, data, m, v) VALUES ($1, $2, $3, $4, $5, $6)",
 					   pgllm_table("llm_param"));
 	}
 	else
 		sql = psprintf("UPDATE %s SET shape = $3, data = $4, m = $5, v = $6 "
-					   "WHERE model = $1 AND name = $2", pgllm_table("llm_param"));
+					   "WHERE model OPERATOR(pg_catalog.=) $1 AND name OPERATOR(pg_catalog.=) $2",
+					   pgllm_table("llm_param"));
 	plan = SPI_prepare(sql, 6, (Oid[]) {TEXTOID, TEXTOID, INT4ARRAYOID, BYTEAOID, BYTEAOID, BYTEAOID});
 	if (plan == NULL)
 		elog(ERROR, "pg_llm: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -536,7 +420,7 @@ pgllm_params_write(const char *name, const PgllmGPT2Config *cfg, float *params, 
 					 errmsg("pg_llm: writing parameter \"%s\" of model \"%s\" failed",
 							tname, name)));
 	}
-	SPI_finish();
+	pgllm_spi_end(spi);
 	pgllm_model_bump_version(name);
 }
 
@@ -544,8 +428,6 @@ pgllm_params_write(const char *name, const PgllmGPT2Config *cfg, float *params, 
  * the cache
  * ------------------------------------------------------------------------- */
 PgllmStats	pgllm_stats;
-
-static bool model_has_params(const char *name);
 
 static PgllmModel *cache_head = NULL;
 static MemoryContext cache_ctx = NULL;
@@ -664,7 +546,7 @@ pgllm_model_acquire(const char *name)
 		break;
 	}
 
-	if (!model_has_params(name))
+	if (!pgllm_model_has_params(name))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("model \"%s\" has no parameters", name),
@@ -738,84 +620,6 @@ int_arg_or(FunctionCallInfo fcinfo, int argno, int64 fallback, const char *what,
 	return (int32) fallback;
 }
 
-static bool
-model_has_params(const char *name)
-{
-	int			rc;
-	bool		found;
-
-	SPI_connect();
-	rc = SPI_execute_with_args(psprintf("SELECT 1 FROM %s WHERE model = $1 LIMIT 1",
-										pgllm_table("llm_param")),
-							   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(name)},
-							   NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "pg_llm: reading llm_param failed");
-	found = SPI_processed > 0;
-	SPI_finish();
-	return found;
-}
-
-static bool
-model_exists(const char *name)
-{
-	int			rc;
-	bool		found;
-
-	SPI_connect();
-	rc = SPI_execute_with_args(psprintf("SELECT 1 FROM %s WHERE model = $1",
-										pgllm_table("llm_model_config")),
-							   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(name)},
-							   NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "pg_llm: reading llm_model_config failed");
-	found = SPI_processed > 0;
-	SPI_finish();
-	return found;
-}
-
-/* insert or update a model's configuration row (the table's CHECKs validate) */
-static void
-config_upsert(const char *name, const PgllmGPT2Config *cfg)
-{
-	int			rc;
-
-	SPI_connect();
-	rc = SPI_execute_with_args(psprintf("INSERT INTO %s AS c (model, n_layer, n_head, d_model, n_positions, vocab) "
-										"VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (model) DO UPDATE "
-										"SET n_layer = EXCLUDED.n_layer, n_head = EXCLUDED.n_head, "
-										"d_model = EXCLUDED.d_model, n_positions = EXCLUDED.n_positions, "
-										"vocab = EXCLUDED.vocab, updated_at = now()",
-										pgllm_table("llm_model_config")),
-							   6, (Oid[]) {TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID},
-							   (Datum[]) {CStringGetTextDatum(name), Int32GetDatum(cfg->n_layer),
-								   Int32GetDatum(cfg->n_head), Int32GetDatum(cfg->n_embd),
-								   Int32GetDatum(cfg->n_positions), Int32GetDatum(cfg->vocab)},
-							   NULL, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "pg_llm: writing llm_model_config failed: %s", SPI_result_code_string(rc));
-	SPI_finish();
-}
-
-void
-pgllm_config_check(const PgllmGPT2Config *cfg, const char *fn)
-{
-	if (cfg->n_layer < 1 || cfg->n_layer > 256 || cfg->n_head < 1 || cfg->n_embd < 1 ||
-		cfg->n_embd > 65536 || cfg->n_positions < 1 || cfg->n_positions > 1048576 ||
-		cfg->vocab < 1 || cfg->vocab > 16777216)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: configuration out of range (n_layer %lld, n_head %lld, d_model %lld, n_positions %lld, vocab %lld)",
-						fn, (long long) cfg->n_layer, (long long) cfg->n_head,
-						(long long) cfg->n_embd, (long long) cfg->n_positions,
-						(long long) cfg->vocab)));
-	if (cfg->n_embd % cfg->n_head != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: n_head (%lld) must divide d_model (%lld)", fn,
-						(long long) cfg->n_head, (long long) cfg->n_embd)));
-}
-
 PG_FUNCTION_INFO_V1(pg_llm_create_model);
 Datum
 pg_llm_create_model(PG_FUNCTION_ARGS)
@@ -834,10 +638,10 @@ pg_llm_create_model(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("llm_create_model: model must not be NULL")));
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	exists = model_exists(name);
+	exists = pgllm_model_exists(name);
 	if (exists)
 	{
-		if (model_has_params(name))
+		if (pgllm_model_has_params(name))
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
 					 errmsg("model \"%s\" already exists", name),
@@ -855,7 +659,7 @@ pg_llm_create_model(PG_FUNCTION_ARGS)
 
 	n = pgllm_gpt2_param_sizes(&cfg, sizes);
 	params = pgllm_alloc_params(n, "model parameters");
-	config_upsert(name, &cfg);
+	pgllm_config_upsert(name, &cfg, false);
 	PGLLM_KERNEL(pgllm_gpt2_init(&cfg, params, seed, pgllm_cancel));
 	pgllm_params_write(name, &cfg, params, NULL, NULL, true);
 	PG_RETURN_INT64(n);
@@ -866,20 +670,16 @@ Datum
 pg_llm_drop_model(PG_FUNCTION_ARGS)
 {
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	int			rc;
+	int			spi = pgllm_spi_begin();
 
-	SPI_connect();
-	rc = SPI_execute_with_args(psprintf("DELETE FROM %s WHERE model = $1",
-										pgllm_table("llm_model_config")),
-							   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(name)},
-							   NULL, false, 0);
-	if (rc != SPI_OK_DELETE)
-		elog(ERROR, "pg_llm: deleting from llm_model_config failed");
-	if (SPI_processed == 0)
+	if (pgllm_spi_exec(psprintf("DELETE FROM %s WHERE model OPERATOR(pg_catalog.=) $1",
+								pgllm_table("llm_model_config")),
+					   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(name)},
+					   NULL, false, 0, SPI_OK_DELETE) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" does not exist", name)));
-	SPI_finish();
+	pgllm_spi_end(spi);
 	PG_RETURN_VOID();
 }
 

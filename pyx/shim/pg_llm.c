@@ -387,6 +387,31 @@ pgllm_int4_array(ArrayType *arr, int64 *n, const char *argname)
 	return (int32 *) ARR_DATA_PTR(arr);
 }
 
+ArrayType *
+pgllm_int4_array_result(const int32 *v, int64 n, const char *what)
+{
+	ArrayType  *a;
+	Size		bytes;
+
+	if (n < 0 || n > PGLLM_MAX_INT4_ARRAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s: %lld values are more than an int[] holds (%lld)", what,
+						(long long) n, (long long) PGLLM_MAX_INT4_ARRAY)));
+	if (n == 0)
+		return construct_empty_array(INT4OID);
+	bytes = ARR_OVERHEAD_NONULLS(1) + (Size) n * sizeof(int32);
+	a = (ArrayType *) palloc(bytes);
+	SET_VARSIZE(a, bytes);
+	a->ndim = 1;
+	a->dataoffset = 0;
+	a->elemtype = INT4OID;
+	ARR_DIMS(a)[0] = (int) n;
+	ARR_LBOUND(a)[0] = 1;
+	memcpy(ARR_DATA_PTR(a), v, (Size) n * sizeof(int32));
+	return a;
+}
+
 ReturnSetInfo *
 pgllm_materialized_srf(FunctionCallInfo fcinfo)
 {
@@ -462,11 +487,24 @@ pgllm_open_server_file(const char *path, int64 *size)
 
 	pgllm_require_file_role(false, "read server files");
 	pgllm_check_path(path);
-	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+
+	/*
+	 * Only regular files are read: O_NOFOLLOW refuses a symbolic link as the
+	 * last component, and O_NONBLOCK keeps a FIFO (or a device) from blocking
+	 * the open forever -- fstat then refuses it.
+	 */
+	fd = OpenTransientFile(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | PG_BINARY);
 	if (fd < 0)
+	{
+		int			err = errno;
+
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not open file \"%s\" for reading: %m", path)));
+				 err == ELOOP ?
+				 errmsg("could not open file \"%s\" for reading: it is a symbolic link", path) :
+				 errmsg("could not open file \"%s\" for reading: %m", path),
+				 err == ELOOP ? errhint("pg_llm reads regular files only; give the path of the file itself.") : 0));
+	}
 	if (fstat(fd, &st) < 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
@@ -474,7 +512,11 @@ pgllm_open_server_file(const char *path, int64 *size)
 	if (!S_ISREG(st.st_mode))
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a regular file", path)));
+				 errmsg("\"%s\" is not a regular file", path),
+				 errdetail("It is a %s.", S_ISDIR(st.st_mode) ? "directory" :
+						   S_ISFIFO(st.st_mode) ? "FIFO" : S_ISSOCK(st.st_mode) ? "socket" :
+						   S_ISLNK(st.st_mode) ? "symbolic link" : "device"),
+				 errhint("pg_llm reads regular files only.")));
 	*size = (int64) st.st_size;
 	return fd;
 }

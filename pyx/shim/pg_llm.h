@@ -44,29 +44,41 @@ extern const int *pgllm_cancel;
 extern void pgllm_kernel_status(int status, const char *what);
 
 /*
- * Run a restartable kernel call `expr` (which passes pgllm_cancel as its
- * cancel flag).  When it stops on an interrupt, CHECK_FOR_INTERRUPTS()
- * services it: a cancel or timeout raises ERROR; a harmless interrupt
- * (catch-up, barrier, ...) returns and the kernel runs again from scratch.
+ * Run restartable kernel work: the body (the arguments after rc) is one or
+ * more statements that set rc to a kernel status, passing pgllm_cancel as
+ * the cancel flag.  When they stop on an interrupt, CHECK_FOR_INTERRUPTS() services it: a cancel
+ * or timeout raises ERROR; a harmless interrupt (catch-up, barrier, ...)
+ * returns and the body runs again from the start -- so it must write its
+ * outputs, not accumulate into them (or zero them first, inside the body).
+ * Several kernel calls that must restart together go in one body.
  */
-#define PGLLM_KERNEL(expr) \
+#define PGLLM_RESTARTABLE(rc, ...) \
 	do { \
-		int			pgllm_rc_; \
 		pgllm_threads_prepare(); \
 		for (;;) \
 		{ \
 			CHECK_FOR_INTERRUPTS(); \
 			pgllm_cancel = (INTERRUPTS_CAN_BE_PROCESSED() && !InterruptPending) ? \
 				(const int *) &InterruptPending : NULL; \
-			pgllm_rc_ = (expr); \
+			__VA_ARGS__; \
 			pgllm_cancel = NULL; \
-			if (pgllm_rc_ != PGLLM_INTERRUPTED) \
+			if ((rc) != PGLLM_INTERRUPTED) \
 				break; \
 		} \
+	} while (0)
+
+/* One restartable kernel call; any status but PGLLM_OK is an ERROR. */
+#define PGLLM_KERNEL(expr) \
+	do { \
+		int			pgllm_rc_; \
+		PGLLM_RESTARTABLE(pgllm_rc_, pgllm_rc_ = (expr)); \
 		pgllm_kernel_status(pgllm_rc_, #expr); \
 	} while (0)
 
 /* ---- tensors as float32 bytea ---- */
+
+/* most elements of an int[] pg_llm returns (within MaxAllocSize too) */
+#define PGLLM_MAX_INT4_ARRAY ((int64) MaxArraySize)
 
 /* Largest tensor a bytea can hold (1 GB varlena limit) */
 #define PGLLM_MAX_TENSOR_ELEMS ((int64) ((MaxAllocSize - VARHDRSZ) / sizeof(float)))
@@ -93,6 +105,10 @@ extern float *pgllm_float4_array(ArrayType *arr, int64 *n, const char *argname);
 
 /* an int4[] argument flattened (no NULL elements) */
 extern int32 *pgllm_int4_array(ArrayType *arr, int64 *n, const char *argname);
+
+/* a one-dimensional int4[] of n values; ERROR (54000) beyond what an array
+ * holds, before anything is allocated */
+extern ArrayType *pgllm_int4_array_result(const int32 *v, int64 n, const char *what);
 
 /* set up a materialized set-returning function (InitMaterializedSRF on 15+) */
 extern ReturnSetInfo *pgllm_materialized_srf(FunctionCallInfo fcinfo);
@@ -138,15 +154,39 @@ typedef struct PgllmModel
 	struct PgllmModel *next;
 } PgllmModel;
 
+/* ---- the catalog (catalog.c) ---- */
+
+/*
+ * Every statement pg_llm runs goes between pgllm_spi_begin (SPI_connect, and
+ * search_path pinned to "pg_catalog, pg_temp") and pgllm_spi_end(level).
+ * pgllm_spi_exec runs one statement with parameters and returns the rows
+ * processed; ERROR unless SPI answers `expect` (SPI_OK_SELECT, ...).
+ */
+extern int	pgllm_spi_begin(void);
+extern void pgllm_spi_end(int level);
+extern uint64 pgllm_spi_exec(const char *sql, int nargs, const Oid *types, const Datum *values,
+							 const char *nulls, bool read_only, long limit, int expect);
+
 /* schema-qualified name of one of the extension's tables ("llm_param" ->
  * "\"public\".llm_param"), immune to search_path */
 extern const char *pgllm_table(const char *table);
+
+/* SQL for the next model version: a qualified nextval of the sequence */
+extern const char *pgllm_next_version_sql(void);
 
 /* the model name argument, or pg_llm.default_model when it is NULL */
 extern char *pgllm_model_name_arg(FunctionCallInfo fcinfo, int argno);
 
 /* read a model's configuration; ERROR if it does not exist */
 extern void pgllm_model_config(const char *name, PgllmGPT2Config *cfg, int64 *version);
+
+/* does the model have a configuration row / parameter rows? */
+extern bool pgllm_model_exists(const char *name);
+extern bool pgllm_model_has_params(const char *name);
+
+/* insert or update a model's configuration row (the table's CHECKs validate);
+ * reset_step: its train_step starts again from 0 (new weights) */
+extern void pgllm_config_upsert(const char *name, const PgllmGPT2Config *cfg, bool reset_step);
 
 /* the model's parameters, loaded or from the cache, pinned until release */
 extern PgllmModel *pgllm_model_acquire(const char *name);
@@ -221,7 +261,6 @@ extern int32 *pgllm_encode_text(PgllmBPE *bpe, const char *str, int len, int64 *
 extern char *pgllm_decode_text(PgllmBPE *bpe, const int32 *ids, int64 n, bool hold_incomplete,
 							   int64 *held);
 
-extern ArrayType *pgllm_int4_array_build(const int32 *v, int64 n);
 
 /* ---- per-backend counters (pg_llm_backend_stats) ---- */
 typedef struct PgllmStats

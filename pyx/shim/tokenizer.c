@@ -37,34 +37,129 @@ no_tokenizer(const char *model)
 			 errhint("Load GPT-2's vocab.json and merges.txt with pg_llm_load_bpe_vocab(path, model) and pg_llm_load_bpe_merges(path, model), or with scripts/ingest_tokenizer.py.")));
 }
 
+/*
+ * A tokenizer built from the model's llm_vocab rows, whoever wrote them: ids
+ * must run 0 .. n-1; sizes are checked before anything is allocated; the
+ * rows come through a cursor into counted buffers; building is bounded and
+ * cancellable (pgllm_bpe_create).  NULL when the model has no vocabulary.
+ * read_only: the statement's snapshot (not when a loader of the same
+ * statement may have written the vocabulary just before).
+ */
+static PgllmBPE *
+vocab_tokenizer(const char *model, bool read_only)
+{
+	const char *where = "WHERE model OPERATOR(pg_catalog.=) $1";
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(model)};
+	bool		isnull;
+	int64		n,
+				total,
+				r = 0,
+				data_bytes;
+	uint8	   *data;
+	int64	   *offsets;
+	uint8	   *special;
+	Portal		portal;
+	PgllmBPE   *bpe = NULL;
+	int			rc;
+	MemoryContext caller = CurrentMemoryContext,	/* SPI's memory goes at pgllm_spi_end */
+				old;
+	int			spi = pgllm_spi_begin();
+
+	pgllm_spi_exec(psprintf("SELECT pg_catalog.count(*), "
+							"coalesce(pg_catalog.sum(pg_catalog.octet_length(token)), 0)::pg_catalog.int8 "
+							"FROM %s %s", pgllm_table("llm_vocab"), where),
+				   1, types, values, NULL, read_only, 1, SPI_OK_SELECT);
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (n == 0)
+	{
+		pgllm_spi_end(spi);
+		return NULL;
+	}
+	if (n > PGLLM_BPE_MAX_TOKENS || total > PGLLM_BPE_MAX_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("the vocabulary of model \"%s\" is too large: %lld tokens of %lld bytes in all",
+						model, (long long) n, (long long) total),
+				 errdetail("A tokenizer holds at most %d tokens and %d bytes of tokens.",
+						   PGLLM_BPE_MAX_TOKENS, PGLLM_BPE_MAX_BYTES)));
+	data_bytes = total + 1 + (int64) sizeof(int64) * (n + 2) + n;	/* + alignment */
+	old = MemoryContextSwitchTo(caller);
+	data = pgllm_alloc_bytes(data_bytes, psprintf("the vocabulary of model \"%s\"", model));
+	MemoryContextSwitchTo(old);
+	offsets = (int64 *) TYPEALIGN(sizeof(int64), data + total + 1);
+	special = (uint8 *) (offsets + n + 1);
+	offsets[0] = 0;
+	portal = SPI_cursor_open_with_args(NULL,
+									   psprintf("SELECT token_id, token, special FROM %s %s ORDER BY token_id",
+												pgllm_table("llm_vocab"), where),
+									   1, types, values, NULL, read_only, CURSOR_OPT_NO_SCROLL);
+	for (;;)
+	{
+		uint64		k;
+
+		SPI_cursor_fetch(portal, true, 4096);
+		if (SPI_processed == 0)
+			break;
+		for (k = 0; k < SPI_processed; k++, r++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[k];
+			int32		id = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+			bytea	   *t = DatumGetByteaPP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+			int64		len = VARSIZE_ANY_EXHDR(t);
+
+			if (id != r)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_EXCEPTION),
+						 errmsg("the vocabulary of model \"%s\" is not numbered 0 .. %lld: it has no token %lld",
+								model, (long long) n - 1, (long long) r),
+						 errhint("Load it again with pg_llm_load_bpe_vocab.")));
+			if (r >= n || offsets[r] + len > total)
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("the vocabulary of model \"%s\" changed while it was read", model)));
+			memcpy(data + offsets[r], VARDATA_ANY(t), len);
+			offsets[r + 1] = offsets[r] + len;
+			special[r] = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+	pgllm_spi_end(spi);
+	if (r != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("the vocabulary of model \"%s\" changed while it was read", model)));
+	PGLLM_RESTARTABLE(rc, rc = pgllm_bpe_create(n, data, offsets, special, &bpe, pgllm_cancel));
+	pgllm_free(data, data_bytes);
+	if (rc == PGLLM_EINVAL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("the vocabulary of model \"%s\" lacks single-byte tokens: it is not a byte-level BPE vocabulary",
+						model)));
+	pgllm_kernel_status(rc, "bpe_create");
+	return bpe;
+}
+
 PgllmBPE *
 pgllm_tokenizer_get(const char *model)
 {
-	int			rc;
 	bool		isnull;
 	Datum		d;
 	int64		version;
 	CachedTokenizer *c,
 			  **pp;
-	uint64		r,
-				n;
-	int64		total = 0;
-	uint8	   *data;
-	int64	   *offsets;
-	uint8	   *special;
-	int			status;
 	PgllmBPE   *bpe;
+	int			spi = pgllm_spi_begin();
 
-	SPI_connect();
-	rc = SPI_execute_with_args(psprintf("SELECT tokenizer_version, "
-										"EXISTS (SELECT 1 FROM %s g WHERE g.model = c.model) "
-										"FROM %s c WHERE model = $1",
-										pgllm_table("llm_merges"), pgllm_table("llm_model_config")),
-							   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
-							   NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "pg_llm: reading llm_model_config failed");
-	if (SPI_processed == 0)
+	if (pgllm_spi_exec(psprintf("SELECT tokenizer_version, "
+								"EXISTS (SELECT 1 FROM %s g WHERE g.model OPERATOR(pg_catalog.=) c.model) "
+								"FROM %s c WHERE model OPERATOR(pg_catalog.=) $1",
+								pgllm_table("llm_merges"), pgllm_table("llm_model_config")),
+					   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
+					   NULL, true, 1, SPI_OK_SELECT) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" does not exist", model)));
@@ -73,55 +168,14 @@ pgllm_tokenizer_get(const char *model)
 		!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
 		no_tokenizer(model);
 	version = DatumGetInt64(d);
+	pgllm_spi_end(spi);
 	for (c = tok_cache; c; c = c->next)
 		if (strcmp(c->model, model) == 0 && c->version == version)
-		{
-			SPI_finish();
 			return c->bpe;
-		}
 
-	/* build it from llm_vocab */
-	rc = SPI_execute_with_args(psprintf("SELECT token, special FROM %s WHERE model = $1 ORDER BY token_id",
-										pgllm_table("llm_vocab")),
-							   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
-							   NULL, true, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "pg_llm: reading llm_vocab failed");
-	n = SPI_processed;
-	if (n == 0)
-		no_tokenizer(model);
-	for (r = 0; r < n; r++)
-	{
-		bytea	   *t = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[r],
-												  SPI_tuptable->tupdesc, 1, &isnull));
-
-		total += VARSIZE_ANY_EXHDR(t);
-	}
-	data = palloc(total + 1);
-	offsets = palloc(sizeof(int64) * (n + 1));
-	special = palloc(n);
-	offsets[0] = 0;
-	for (r = 0; r < n; r++)
-	{
-		bytea	   *t = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[r],
-												  SPI_tuptable->tupdesc, 1, &isnull));
-
-		memcpy(data + offsets[r], VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-		offsets[r + 1] = offsets[r] + VARSIZE_ANY_EXHDR(t);
-		special[r] = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2,
-												&isnull));
-	}
-	bpe = pgllm_bpe_create((int64) n, data, offsets, special, &status);
-	SPI_finish();
+	bpe = vocab_tokenizer(model, true);
 	if (bpe == NULL)
-	{
-		if (status == PGLLM_EINVAL)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("the vocabulary of model \"%s\" lacks single-byte tokens: it is not a byte-level BPE vocabulary",
-							model)));
-		pgllm_kernel_status(status, "bpe_create");
-	}
+		no_tokenizer(model);
 
 	/* drop older tokenizers of this model, keep the new one */
 	for (pp = &tok_cache; *pp;)
@@ -152,27 +206,19 @@ pgllm_encode_text(PgllmBPE *bpe, const char *str, int len, int64 *ntokens)
 {
 	char	   *utf8 = (char *) pg_server_to_any(str, len, PG_UTF8);
 	int			ulen = (utf8 == str) ? len : (int) strlen(utf8);
-	int64		cap = Min((int64) ulen, (int64) MaxArraySize);
-	int32	   *ids = palloc(sizeof(int32) * Max(cap, 1));
-	int			status = PGLLM_OK;
-	int64		n;
+	/* at most one id per byte, and no more than an int[] can hold */
+	int64		cap = Min((int64) ulen, PGLLM_MAX_INT4_ARRAY);
+	int32	   *ids = (int32 *) pgllm_alloc_bytes(sizeof(int32) * Max(cap, 1), "token ids");
+	int			rc;
 
-	for (;;)
-	{
-		CHECK_FOR_INTERRUPTS();
-		pgllm_cancel = (INTERRUPTS_CAN_BE_PROCESSED() && !InterruptPending) ?
-			(const int *) &InterruptPending : NULL;
-		n = pgllm_bpe_encode(bpe, (const uint8 *) utf8, ulen, ids, cap, &status, pgllm_cancel);
-		pgllm_cancel = NULL;
-		if (n >= 0 || status != PGLLM_INTERRUPTED)
-			break;
-	}
-	if (n < 0 && status == PGLLM_EINVAL)
+	PGLLM_RESTARTABLE(rc, rc = pgllm_bpe_encode(bpe, (const uint8 *) utf8, ulen, ids, cap,
+												 ntokens, pgllm_cancel));
+	if (rc == PGLLM_EINVAL)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("the text encodes to more tokens than an array holds (%d)", (int) MaxArraySize)));
-	pgllm_kernel_status(n < 0 ? status : PGLLM_OK, "bpe_encode");
-	*ntokens = n;
+				 errmsg("the text encodes to more tokens than an int[] holds (%lld)",
+						(long long) PGLLM_MAX_INT4_ARRAY)));
+	pgllm_kernel_status(rc, "bpe_encode");
 	return ids;
 }
 
@@ -211,19 +257,32 @@ pgllm_decode_text(PgllmBPE *bpe, const int32 *ids, int64 n, bool hold_incomplete
 /* ---------------------------------------------------------------------------
  * loading
  * ------------------------------------------------------------------------- */
+/* a new tokenizer version for the model (after its vocab or merges changed) */
 static void
 bump_tokenizer_version(const char *model)
 {
-	int			rc;
+	int			spi = pgllm_spi_begin();
 
-	rc = SPI_execute_with_args(psprintf("UPDATE %s SET tokenizer_version = nextval('%s'), updated_at = now() "
-										"WHERE model = $1",
-										pgllm_table("llm_model_config"),
-										pgllm_table("llm_model_version_seq")),
-							   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
-							   NULL, false, 0);
-	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "pg_llm: updating llm_model_config failed");
+	pgllm_spi_exec(psprintf("UPDATE %s SET tokenizer_version = %s, updated_at = pg_catalog.now() "
+							"WHERE model OPERATOR(pg_catalog.=) $1",
+							pgllm_table("llm_model_config"), pgllm_next_version_sql()),
+				   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
+				   NULL, false, 0, SPI_OK_UPDATE);
+	pgllm_spi_end(spi);
+}
+
+/* delete the model's rows of a tokenizer table; returns how many */
+static uint64
+clear_rows(const char *table, const char *model)
+{
+	int			spi = pgllm_spi_begin();
+	uint64		n = pgllm_spi_exec(psprintf("DELETE FROM %s WHERE model OPERATOR(pg_catalog.=) $1",
+											pgllm_table(table)),
+								   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
+								   NULL, false, 0, SPI_OK_DELETE);
+
+	pgllm_spi_end(spi);
+	return n;
 }
 
 static void
@@ -253,13 +312,18 @@ load_vocab(const char *model, const uint8 *content, int64 len, const char *sourc
 	rc = pgllm_parse_vocab_json(content, len, &n, &nbytes, NULL, NULL, NULL, &pos);
 	if (rc == PGLLM_OK)
 	{
-		if (n == 0 || n > 16777216)
+		if (n == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s holds %lld tokens; a vocabulary needs 1 to 16777216", source,
-							(long long) n)));
-		data = palloc(nbytes + 1);
-		offsets = palloc(sizeof(int64) * (n + 1));
+					 errmsg("%s holds no tokens", source)));
+		if (n > PGLLM_BPE_MAX_TOKENS || nbytes > PGLLM_BPE_MAX_BYTES)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("%s holds %lld tokens of %lld bytes in all; a vocabulary holds at most %d tokens and %d bytes",
+							source, (long long) n, (long long) nbytes, PGLLM_BPE_MAX_TOKENS,
+							PGLLM_BPE_MAX_BYTES)));
+		data = pgllm_alloc_bytes(nbytes + 1, "the vocabulary");
+		offsets = pgllm_alloc_bytes(sizeof(int64) * (n + 1), "the vocabulary");
 		special = palloc(n);
 		rc = pgllm_parse_vocab_json(content, len, &n, &nbytes, data, offsets, special, &pos);
 	}
@@ -287,34 +351,26 @@ load_vocab(const char *model, const uint8 *content, int64 len, const char *sourc
 		tokens[i] = PointerGetDatum(t);
 		flags[i] = BoolGetDatum(special[i] != 0);
 	}
-	SPI_connect();
-	spi = SPI_execute_with_args(psprintf("DELETE FROM %s WHERE model = $1", pgllm_table("llm_merges")),
-								1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
-								NULL, false, 0);
-	if (spi != SPI_OK_DELETE)
-		elog(ERROR, "pg_llm: clearing llm_merges failed");
-	if (SPI_processed > 0)
+	if (clear_rows("llm_merges", model) > 0)
 		ereport(NOTICE,
 				(errmsg("the merges of model \"%s\" were removed with its old vocabulary", model),
 				 errhint("Load merges.txt again.")));
-	spi = SPI_execute_with_args(psprintf("DELETE FROM %s WHERE model = $1", pgllm_table("llm_vocab")),
-								1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
-								NULL, false, 0);
-	if (spi != SPI_OK_DELETE)
-		elog(ERROR, "pg_llm: clearing llm_vocab failed");
-	spi = SPI_execute_with_args(psprintf("INSERT INTO %s (model, token_id, token, special) "
-										 "SELECT $1, (g.i - 1)::int, g.token, g.special "
-										 "FROM unnest($2::bytea[], $3::bool[]) WITH ORDINALITY AS g(token, special, i)",
-										 pgllm_table("llm_vocab")),
-								3, (Oid[]) {TEXTOID, BYTEAARRAYOID, BOOLARRAYOID},
-								(Datum[]) {CStringGetTextDatum(model),
-									PointerGetDatum(construct_array(tokens, (int) n, BYTEAOID, -1, false, TYPALIGN_INT)),
-									PointerGetDatum(construct_array(flags, (int) n, BOOLOID, 1, true, TYPALIGN_CHAR))},
-								NULL, false, 0);
-	if (spi != SPI_OK_INSERT || SPI_processed != (uint64) n)
+	clear_rows("llm_vocab", model);
+	spi = pgllm_spi_begin();
+	if (pgllm_spi_exec(psprintf("INSERT INTO %s (model, token_id, token, special) "
+								"SELECT $1, (g.i - 1)::pg_catalog.int4, g.token, g.special "
+								"FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.bytea[]), "
+								"pg_catalog.unnest($3::pg_catalog.bool[])) "
+								"WITH ORDINALITY AS g(token, special, i)",
+								pgllm_table("llm_vocab")),
+					   3, (Oid[]) {TEXTOID, BYTEAARRAYOID, BOOLARRAYOID},
+					   (Datum[]) {CStringGetTextDatum(model),
+						   PointerGetDatum(construct_array(tokens, (int) n, BYTEAOID, -1, false, TYPALIGN_INT)),
+						   PointerGetDatum(construct_array(flags, (int) n, BOOLOID, 1, true, TYPALIGN_CHAR))},
+					   NULL, false, 0, SPI_OK_INSERT) != (uint64) n)
 		elog(ERROR, "pg_llm: writing llm_vocab failed");
+	pgllm_spi_end(spi);
 	bump_tokenizer_version(model);
-	SPI_finish();
 	return n;
 }
 
@@ -322,76 +378,32 @@ static int64
 load_merges(const char *model, const uint8 *content, int64 len, const char *source)
 {
 	PgllmBPE   *bpe;
-	int			status;
 	int64		count = 0,
 				line = 0,
-				cap = len / 3 + 1,
+				cap = 1,
 				i;
-	int32	   *left,
-			   *right,
-			   *merged;
+	int32	   *ids;
 	int			rc,
 				spi;
-	uint64		r,
-				n;
-	int64		total = 0;
-	uint8	   *data;
-	int64	   *offsets;
-	uint8	   *special;
-	Datum	   *dl,
-			   *dr,
-			   *dm;
-	bool		isnull;
 
 	require_model(model);
+
 	/*
 	 * resolve the merges' tokens with the model's vocabulary; not read_only,
 	 * so that a fresh snapshot sees a vocabulary loaded earlier in the same
 	 * statement (SELECT load_vocab(...), load_merges(...))
 	 */
-	SPI_connect();
-	rc = SPI_execute_with_args(psprintf("SELECT token, special FROM %s WHERE model = $1 ORDER BY token_id",
-										pgllm_table("llm_vocab")),
-							   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
-							   NULL, false, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "pg_llm: reading llm_vocab failed");
-	n = SPI_processed;
-	if (n == 0)
+	bpe = vocab_tokenizer(model, false);
+	if (bpe == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("model \"%s\" has no vocabulary", model),
 				 errhint("Load vocab.json with pg_llm_load_bpe_vocab first.")));
-	for (r = 0; r < n; r++)
-		total += VARSIZE_ANY_EXHDR(DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[r],
-																 SPI_tuptable->tupdesc, 1, &isnull)));
-	data = palloc(total + 1);
-	offsets = palloc(sizeof(int64) * (n + 1));
-	special = palloc(n);
-	offsets[0] = 0;
-	for (r = 0; r < n; r++)
-	{
-		bytea	   *t = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[r],
-												  SPI_tuptable->tupdesc, 1, &isnull));
-
-		memcpy(data + offsets[r], VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-		offsets[r + 1] = offsets[r] + VARSIZE_ANY_EXHDR(t);
-		special[r] = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2,
-												&isnull));
-	}
-	bpe = pgllm_bpe_create((int64) n, data, offsets, special, &status);
-	if (bpe == NULL)
-	{
-		if (status == PGLLM_EINVAL)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("the vocabulary of model \"%s\" lacks single-byte tokens", model)));
-		pgllm_kernel_status(status, "bpe_create");
-	}
-	left = palloc(sizeof(int32) * cap);
-	right = palloc(sizeof(int32) * cap);
-	merged = palloc(sizeof(int32) * cap);
-	rc = pgllm_parse_merges(bpe, content, len, left, right, merged, cap, &count, &line);
+	/* a merge per line at most: three ids each, in one counted buffer */
+	for (i = 0; i < len; i++)
+		cap += content[i] == '\n';
+	ids = (int32 *) pgllm_alloc_bytes(3 * sizeof(int32) * cap, "the merges");
+	rc = pgllm_parse_merges(bpe, content, len, ids, ids + cap, ids + 2 * cap, cap, &count, &line);
 	pgllm_bpe_free(bpe);
 	if (rc == PGLLM_EFORMAT)
 		ereport(ERROR,
@@ -409,34 +421,23 @@ load_merges(const char *model, const uint8 *content, int64 len, const char *sour
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s holds no merges", source)));
 
-	dl = palloc(sizeof(Datum) * count);
-	dr = palloc(sizeof(Datum) * count);
-	dm = palloc(sizeof(Datum) * count);
-	for (i = 0; i < count; i++)
-	{
-		dl[i] = Int32GetDatum(left[i]);
-		dr[i] = Int32GetDatum(right[i]);
-		dm[i] = Int32GetDatum(merged[i]);
-	}
-	spi = SPI_execute_with_args(psprintf("DELETE FROM %s WHERE model = $1", pgllm_table("llm_merges")),
-								1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
-								NULL, false, 0);
-	if (spi != SPI_OK_DELETE)
-		elog(ERROR, "pg_llm: clearing llm_merges failed");
-	spi = SPI_execute_with_args(psprintf("INSERT INTO %s (model, rank, left_id, right_id, merged_id) "
-										 "SELECT $1, (g.i - 1)::int, g.l, g.r, g.m "
-										 "FROM unnest($2::int[], $3::int[], $4::int[]) WITH ORDINALITY AS g(l, r, m, i)",
-										 pgllm_table("llm_merges")),
-								4, (Oid[]) {TEXTOID, INT4ARRAYOID, INT4ARRAYOID, INT4ARRAYOID},
-								(Datum[]) {CStringGetTextDatum(model),
-									PointerGetDatum(construct_array(dl, (int) count, INT4OID, 4, true, TYPALIGN_INT)),
-									PointerGetDatum(construct_array(dr, (int) count, INT4OID, 4, true, TYPALIGN_INT)),
-									PointerGetDatum(construct_array(dm, (int) count, INT4OID, 4, true, TYPALIGN_INT))},
-								NULL, false, 0);
-	if (spi != SPI_OK_INSERT || SPI_processed != (uint64) count)
+	clear_rows("llm_merges", model);
+	spi = pgllm_spi_begin();
+	if (pgllm_spi_exec(psprintf("INSERT INTO %s (model, rank, left_id, right_id, merged_id) "
+								"SELECT $1, (g.i - 1)::pg_catalog.int4, g.l, g.r, g.m "
+								"FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.int4[]), "
+								"pg_catalog.unnest($3::pg_catalog.int4[]), pg_catalog.unnest($4::pg_catalog.int4[])) "
+								"WITH ORDINALITY AS g(l, r, m, i)",
+								pgllm_table("llm_merges")),
+					   4, (Oid[]) {TEXTOID, INT4ARRAYOID, INT4ARRAYOID, INT4ARRAYOID},
+					   (Datum[]) {CStringGetTextDatum(model),
+						   PointerGetDatum(pgllm_int4_array_result(ids, count, "merges")),
+						   PointerGetDatum(pgllm_int4_array_result(ids + cap, count, "merges")),
+						   PointerGetDatum(pgllm_int4_array_result(ids + 2 * cap, count, "merges"))},
+					   NULL, false, 0, SPI_OK_INSERT) != (uint64) count)
 		elog(ERROR, "pg_llm: writing llm_merges failed");
+	pgllm_spi_end(spi);
 	bump_tokenizer_version(model);
-	SPI_finish();
 	return count;
 }
 
@@ -503,23 +504,6 @@ pg_llm_load_bpe_merges_text(PG_FUNCTION_ARGS)
 /* ---------------------------------------------------------------------------
  * llm_encode / llm_decode
  * ------------------------------------------------------------------------- */
-static ArrayType *
-int4_array(const int32 *v, int64 n)
-{
-	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
-	int64		i;
-
-	for (i = 0; i < n; i++)
-		d[i] = Int32GetDatum(v[i]);
-	return construct_array(d, (int) n, INT4OID, 4, true, TYPALIGN_INT);
-}
-
-ArrayType *
-pgllm_int4_array_build(const int32 *v, int64 n)
-{
-	return int4_array(v, n);
-}
-
 PG_FUNCTION_INFO_V1(pg_llm_encode);
 Datum
 pg_llm_encode(PG_FUNCTION_ARGS)
@@ -536,7 +520,7 @@ pg_llm_encode(PG_FUNCTION_ARGS)
 	model = pgllm_model_name_arg(fcinfo, 1);
 	bpe = pgllm_tokenizer_get(model);
 	ids = pgllm_encode_text(bpe, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), &n);
-	PG_RETURN_ARRAYTYPE_P(int4_array(ids, n));
+	PG_RETURN_ARRAYTYPE_P(pgllm_int4_array_result(ids, n, "llm_encode"));
 }
 
 PG_FUNCTION_INFO_V1(pg_llm_decode);

@@ -46,6 +46,7 @@ typedef struct TrainHP
 	uint64		seed;
 	double		max_seconds;	/* <= 0: no limit */
 	int32		log_interval;
+	int32		checkpoint_interval;	/* write back every so many steps (0: at the end) */
 } TrainHP;
 
 typedef struct Split
@@ -105,7 +106,7 @@ state_load(const char *model)
 	int64		n;
 	MemoryContext ctx,
 				old;
-	int			rc;
+	int			spi;
 	bool		isnull;
 
 	state_free();
@@ -142,16 +143,17 @@ state_load(const char *model)
 			pgllm_zero_floats(ts->m, n);
 			pgllm_zero_floats(ts->v, n);
 		}
-		SPI_connect();
-		rc = SPI_execute_with_args(psprintf("SELECT train_step FROM %s WHERE model = $1",
-											pgllm_table("llm_model_config")),
-								   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
-								   NULL, true, 1);
-		if (rc != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "pg_llm: reading train_step failed");
+		spi = pgllm_spi_begin();
+		if (pgllm_spi_exec(psprintf("SELECT train_step FROM %s WHERE model OPERATOR(pg_catalog.=) $1",
+									pgllm_table("llm_model_config")),
+						   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
+						   NULL, true, 1, SPI_OK_SELECT) != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("model \"%s\" does not exist", model)));
 		ts->step = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 											   &isnull));
-		SPI_finish();
+		pgllm_spi_end(spi);
 	}
 	PG_CATCH();
 	{
@@ -212,62 +214,93 @@ acts_free(void)
 	ts->acts_bytes = 0;
 }
 
+/*
+ * The rows of a dataset split, in id order, into one buffer counted against
+ * pg_llm.max_memory_mb (sized from a count first, so that a too large
+ * dataset is refused before anything is read) and fetched through a cursor
+ * in batches, so that SPI never holds the whole split.
+ */
+#define SPLIT_FETCH_ROWS 1024
+
 static void
 load_split(const char *dataset, const char *split, Split *out, MemoryContext ctx,
 		   const PgllmGPT2Config *cfg)
 {
-	int			rc;
-	uint64		r,
-				n;
-	int64		len = -1;
+	const char *where = "WHERE dataset OPERATOR(pg_catalog.=) $1 AND split OPERATOR(pg_catalog.=) $2";
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(dataset), CStringGetTextDatum(split)};
+	bool		isnull;
+	int64		n,
+				len = -1,
+				r = 0;
+	Portal		portal;
+	int			spi;
 
 	memset(out, 0, sizeof(Split));
-	SPI_connect();
-	rc = SPI_execute_with_args(psprintf("SELECT tokens, target FROM %s WHERE dataset = $1 AND split = $2 "
-										"ORDER BY id", pgllm_table("llm_dataset")),
-							   2, (Oid[]) {TEXTOID, TEXTOID},
-							   (Datum[]) {CStringGetTextDatum(dataset), CStringGetTextDatum(split)},
-							   NULL, true, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "pg_llm: reading llm_dataset failed");
-	n = SPI_processed;
-	for (r = 0; r < n; r++)
+	spi = pgllm_spi_begin();
+	pgllm_spi_exec(psprintf("SELECT pg_catalog.count(*) FROM %s %s", pgllm_table("llm_dataset"), where),
+				   2, types, values, NULL, true, 1, SPI_OK_SELECT);
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	portal = SPI_cursor_open_with_args(NULL,
+									   psprintf("SELECT tokens, target FROM %s %s ORDER BY id",
+												pgllm_table("llm_dataset"), where),
+									   2, types, values, NULL, true, CURSOR_OPT_NO_SCROLL);
+	for (;;)
 	{
-		bool		isnull;
-		int64		nt,
-					ng;
-		int32	   *tok = pgllm_int4_array(DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[r],
-																	   SPI_tuptable->tupdesc, 1, &isnull)),
-										   &nt, "llm_dataset.tokens");
-		int32	   *tgt = pgllm_int4_array(DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[r],
-																	   SPI_tuptable->tupdesc, 2, &isnull)),
-										   &ng, "llm_dataset.target");
+		uint64		k;
 
-		if (len < 0)
+		SPI_cursor_fetch(portal, true, SPLIT_FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		for (k = 0; k < SPI_processed; k++, r++)
 		{
-			MemoryContext old = MemoryContextSwitchTo(ctx);
+			int64		nt,
+						ng;
+			int32	   *tok = pgllm_int4_array(DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[k],
+																		   SPI_tuptable->tupdesc, 1, &isnull)),
+											   &nt, "llm_dataset.tokens");
+			int32	   *tgt = pgllm_int4_array(DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[k],
+																		   SPI_tuptable->tupdesc, 2, &isnull)),
+											   &ng, "llm_dataset.target");
 
-			len = nt;
-			out->row_len = len;
-			/* tokens and targets in one counted buffer */
-			out->alloc_bytes = 2 * (int64) sizeof(int32) * len * Max(n, 1);
-			out->tokens = pgllm_alloc_bytes(out->alloc_bytes, "training data");
-			out->targets = out->tokens + len * Max(n, 1);
-			MemoryContextSwitchTo(old);
+			if (len < 0)
+			{
+				MemoryContext old = MemoryContextSwitchTo(ctx);
+
+				len = nt;
+				out->row_len = len;
+				/* tokens and targets in one counted buffer */
+				if (len > 0 && n > (int64) (SIZE_MAX / 4) / (2 * (int64) sizeof(int32) * len))
+					ereport(ERROR,
+							(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+							 errmsg("dataset \"%s\" is too large to load", dataset)));
+				out->alloc_bytes = 2 * (int64) sizeof(int32) * len * Max(n, 1);
+				out->tokens = pgllm_alloc_bytes(out->alloc_bytes,
+												psprintf("the %s rows of dataset \"%s\"", split, dataset));
+				out->targets = out->tokens + len * Max(n, 1);
+				MemoryContextSwitchTo(old);
+			}
+			if (r >= n)
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("dataset \"%s\" changed while it was read", dataset)));
+			if (nt != len || ng != len)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_EXCEPTION),
+						 errmsg("the %s rows of dataset \"%s\" differ in length (%lld and %lld tokens)",
+								split, dataset, (long long) len, (long long) (nt != len ? nt : ng)),
+						 errhint("Every row of a dataset holds the same number of tokens.")));
+			pgllm_check_tokens(tok, nt, cfg, "training", "a dataset row");
+			pgllm_check_tokens(tgt, ng, cfg, "training", "a dataset row's targets");
+			memcpy(out->tokens + r * len, tok, sizeof(int32) * len);
+			memcpy(out->targets + r * len, tgt, sizeof(int32) * len);
 		}
-		if (nt != len || ng != len)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_EXCEPTION),
-					 errmsg("the %s rows of dataset \"%s\" differ in length (%lld and %lld tokens)",
-							split, dataset, (long long) len, (long long) (nt != len ? nt : ng)),
-					 errhint("Every row of a dataset holds the same number of tokens.")));
-		pgllm_check_tokens(tok, nt, cfg, "training", "a dataset row");
-		pgllm_check_tokens(tgt, ng, cfg, "training", "a dataset row's targets");
-		memcpy(out->tokens + r * len, tok, sizeof(int32) * len);
-		memcpy(out->targets + r * len, tgt, sizeof(int32) * len);
+		SPI_freetuptable(SPI_tuptable);
+		CHECK_FOR_INTERRUPTS();
 	}
-	out->n_rows = (int64) n;
-	SPI_finish();
+	SPI_cursor_close(portal);
+	out->n_rows = r;
+	pgllm_spi_end(spi);
 }
 
 /*
@@ -328,13 +361,8 @@ forward_backward(int64 B, int64 T, int32 accum, const int32 *const *toks,
 	int32		i;
 
 	ensure_acts(B, T);
-	for (;;)
-	{
+	PGLLM_RESTARTABLE(rc, {
 		pgllm_zero_floats(ts->grads, ts->nparams);
-		CHECK_FOR_INTERRUPTS();
-		pgllm_threads_prepare();
-		pgllm_cancel = (INTERRUPTS_CAN_BE_PROCESSED() && !InterruptPending) ?
-			(const int *) &InterruptPending : NULL;
 		total = 0;
 		rc = PGLLM_OK;
 		for (i = 0; i < accum && rc == PGLLM_OK; i++)
@@ -351,10 +379,7 @@ forward_backward(int64 B, int64 T, int32 accum, const int32 *const *toks,
 											   pgllm_cancel);
 			total += loss;
 		}
-		pgllm_cancel = NULL;
-		if (rc != PGLLM_INTERRUPTED)
-			break;
-	}
+	});
 	pgllm_kernel_status(rc, "gpt2 forward/backward");
 	return total / accum;
 }
@@ -422,23 +447,21 @@ static void
 log_step(double lr, double loss, double grad_norm, double val_loss, bool have_val,
 		 double tokens_per_s)
 {
-	int			rc;
 	char		nulls[8] = "       ";
+	int			spi;
 
 	if (!have_val)
 		nulls[5] = 'n';
-	SPI_connect();
-	rc = SPI_execute_with_args(psprintf("INSERT INTO %s (model, step, lr, loss, grad_norm, val_loss, tokens_per_s) "
-										"VALUES ($1, $2, $3, $4, $5, $6, $7)",
-										pgllm_table("llm_train_log")),
-							   7, (Oid[]) {TEXTOID, INT4OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID},
-							   (Datum[]) {CStringGetTextDatum(ts->model), Int32GetDatum((int32) ts->step),
-								   Float8GetDatum(lr), Float8GetDatum(loss), Float8GetDatum(grad_norm),
-								   Float8GetDatum(val_loss), Float8GetDatum(tokens_per_s)},
-							   nulls, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "pg_llm: writing llm_train_log failed");
-	SPI_finish();
+	spi = pgllm_spi_begin();
+	pgllm_spi_exec(psprintf("INSERT INTO %s (model, step, lr, loss, grad_norm, val_loss, tokens_per_s) "
+							"VALUES ($1, $2, $3, $4, $5, $6, $7)",
+							pgllm_table("llm_train_log")),
+				   7, (Oid[]) {TEXTOID, INT4OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID},
+				   (Datum[]) {CStringGetTextDatum(ts->model), Int32GetDatum((int32) ts->step),
+					   Float8GetDatum(lr), Float8GetDatum(loss), Float8GetDatum(grad_norm),
+					   Float8GetDatum(val_loss), Float8GetDatum(tokens_per_s)},
+				   nulls, false, 0, SPI_OK_INSERT);
+	pgllm_spi_end(spi);
 }
 
 /* ---------------------------------------------------------------------------
@@ -517,7 +540,8 @@ start_run(const char *dataset, TrainHP *hp, bool block_size_null)
  * pg_llm_train_begin(model, n_steps, batch_size, block_size, learning_rate,
  *   min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2,
  *   grad_clip, gradient_accumulation_steps, dropout, eval_interval,
- *   eval_iters, seed, max_seconds, dataset, log_interval, eps) -> first step
+ *   eval_iters, seed, max_seconds, dataset, log_interval, eps,
+ *   checkpoint_interval) -> first step
  */
 PG_FUNCTION_INFO_V1(pg_llm_train_begin);
 Datum
@@ -553,6 +577,8 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 	hp.seed = (uint64) (uint32) arg_int(fcinfo, 16, 1337);
 	hp.max_seconds = arg_f8(fcinfo, 17, 0);
 	hp.log_interval = arg_int(fcinfo, 19, 10);
+	/* (0.2.0's SQL passes 21 arguments) */
+	hp.checkpoint_interval = PG_NARGS() > 21 ? arg_int(fcinfo, 21, 0) : 0;
 
 	hp_check(hp.n_steps >= 0, "n_steps must not be negative");
 	hp_check(hp.batch_size >= 1, "batch_size must be positive");
@@ -573,6 +599,8 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 			 "max_seconds must be a positive number");
 	hp_check(hp.log_interval >= 1, "log_interval must be positive");
 	hp_check(PG_ARGISNULL(3) || hp.block_size >= 1, "block_size must be positive");
+	hp_check(PG_NARGS() <= 21 || PG_ARGISNULL(21) || hp.checkpoint_interval >= 1,
+			 "checkpoint_interval must be positive (NULL: write back at the end only)");
 
 	state_get(model);
 	PG_TRY();
@@ -589,13 +617,25 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32((int32) ts->step);
 }
 
+static int32 run_steps(int32 n);
+static int64 run_writeback(void);
+
 /* pg_llm_train_steps(model, n) -> steps done (fewer when max_seconds passed) */
 PG_FUNCTION_INFO_V1(pg_llm_train_steps);
 Datum
 pg_llm_train_steps(PG_FUNCTION_ARGS)
 {
 	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	int32		n = PG_GETARG_INT32(1);
+
+	require_run(model);
+	PG_RETURN_INT32(run_steps(PG_GETARG_INT32(1)));
+}
+
+/* n steps of the run in this backend; returns the steps done (fewer when
+ * max_seconds passed) */
+static int32
+run_steps(int32 n)
+{
 	TrainHP    *hp;
 	int64		B,
 				T;
@@ -605,7 +645,6 @@ pg_llm_train_steps(PG_FUNCTION_ARGS)
 	int32		done = 0;
 	int32		i;
 
-	require_run(model);
 	hp = &ts->hp;
 	B = hp->batch_size;
 	T = hp->block_size;
@@ -676,31 +715,29 @@ pg_llm_train_steps(PG_FUNCTION_ARGS)
 							(double) B * T * hp->grad_accum / Max(INSTR_TIME_GET_DOUBLE(t1), 1e-9))));
 		done++;
 	}
-	PG_RETURN_INT32(done);
+	return done;
 }
 
 /* write the state back: parameters, AdamW moments, step; returns the new version */
 static int64
 writeback(void)
 {
-	int			rc;
+	int			spi;
+	bool		isnull;
 
 	pgllm_params_write(ts->model, &ts->cfg, ts->params, ts->m, ts->v, false);
-	SPI_connect();
-	rc = SPI_execute_with_args(psprintf("UPDATE %s SET train_step = $2 WHERE model = $1 RETURNING version",
-										pgllm_table("llm_model_config")),
-							   2, (Oid[]) {TEXTOID, INT4OID},
-							   (Datum[]) {CStringGetTextDatum(ts->model), Int32GetDatum((int32) ts->step)},
-							   NULL, false, 1);
-	if (rc != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
-		elog(ERROR, "pg_llm: updating train_step failed");
-	{
-		bool		isnull;
-
-		ts->version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-												  &isnull));
-	}
-	SPI_finish();
+	spi = pgllm_spi_begin();
+	if (pgllm_spi_exec(psprintf("UPDATE %s SET train_step = $2 WHERE model OPERATOR(pg_catalog.=) $1 "
+								"RETURNING version", pgllm_table("llm_model_config")),
+					   2, (Oid[]) {TEXTOID, INT4OID},
+					   (Datum[]) {CStringGetTextDatum(ts->model), Int32GetDatum((int32) ts->step)},
+					   NULL, false, 1, SPI_OK_UPDATE_RETURNING) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist any more", ts->model)));
+	ts->version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+											  &isnull));
+	pgllm_spi_end(spi);
 	return ts->version;
 }
 
@@ -708,21 +745,19 @@ writeback(void)
 static void
 check_unchanged(void)
 {
-	int			rc;
 	bool		isnull;
 	int64		version;
+	int			spi = pgllm_spi_begin();
 
-	SPI_connect();
-	rc = SPI_execute_with_args(psprintf("SELECT version FROM %s WHERE model = $1 FOR UPDATE",
-										pgllm_table("llm_model_config")),
-							   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(ts->model)},
-							   NULL, false, 1);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+	if (pgllm_spi_exec(psprintf("SELECT version FROM %s WHERE model OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+								pgllm_table("llm_model_config")),
+					   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(ts->model)},
+					   NULL, false, 1, SPI_OK_SELECT) != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" does not exist any more", ts->model)));
 	version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
+	pgllm_spi_end(spi);
 	if (version != ts->version)
 	{
 		ts->valid = false;
@@ -733,22 +768,54 @@ check_unchanged(void)
 	}
 }
 
-PG_FUNCTION_INFO_V1(pg_llm_train_writeback);
-Datum
-pg_llm_train_writeback(PG_FUNCTION_ARGS)
+/* the run's write-back, unless another session changed the model since */
+static int64
+run_writeback(void)
 {
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-
 	int64		version;
 
-	require_run(model);
 	check_unchanged();
 	/* an ERROR half-way leaves the tables as they were, but not the buffers
 	 * (pgllm_params_write borrows 4 bytes before each tensor): reload then */
 	ts->valid = false;
 	version = writeback();
 	ts->valid = true;
-	PG_RETURN_INT64(version);
+	return version;
+}
+
+PG_FUNCTION_INFO_V1(pg_llm_train_writeback);
+Datum
+pg_llm_train_writeback(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	require_run(model);
+	PG_RETURN_INT64(run_writeback());
+}
+
+/*
+ * pg_llm_train_tick(model) -> whether the run has steps left: one step, and
+ * the write-back when it is due (every checkpoint_interval steps of the run,
+ * if it has one) or the run is over.
+ * The loops of llm_train and llm_train_run are "WHILE tick LOOP": their
+ * plpgsql then evaluates no operator that a search_path could redirect.
+ */
+PG_FUNCTION_INFO_V1(pg_llm_train_tick);
+Datum
+pg_llm_train_tick(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	int32		every;
+	int32		k;
+
+	require_run(model);
+	every = ts->hp.checkpoint_interval;
+	if (ts->run_steps >= ts->hp.n_steps)
+		PG_RETURN_BOOL(false);
+	k = run_steps(1);
+	if (k == 0 || ts->run_steps >= ts->hp.n_steps || (every > 0 && ts->run_steps % every == 0))
+		run_writeback();
+	PG_RETURN_BOOL(k > 0 && ts->run_steps < ts->hp.n_steps);
 }
 
 /*
@@ -890,7 +957,8 @@ pg_llm_gradients(PG_FUNCTION_ARGS)
 			   *acts;
 	double		loss;
 	int			i,
-				n;
+				n,
+				rc;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -903,27 +971,15 @@ pg_llm_gradients(PG_FUNCTION_ARGS)
 	grads = pgllm_alloc_floats(m->nfloats, "gradients");
 	acts = pgllm_alloc_floats(pgllm_gpt2_train_floats(&m->cfg, B, T), "activations");
 	/* forward and backward in one restartable unit: the backward accumulates */
-	for (;;)
-	{
-		int			rc;
-
+	PGLLM_RESTARTABLE(rc, {
 		pgllm_zero_floats(grads, m->nfloats);
-		CHECK_FOR_INTERRUPTS();
-		pgllm_threads_prepare();
-		pgllm_cancel = (INTERRUPTS_CAN_BE_PROCESSED() && !InterruptPending) ?
-			(const int *) &InterruptPending : NULL;
 		rc = pgllm_gpt2_train_forward(&m->cfg, m->params, tok, tgt, B, T, 0.0f, 0, acts, &loss,
 									  pgllm_cancel);
 		if (rc == PGLLM_OK)
 			rc = pgllm_gpt2_train_backward(&m->cfg, m->params, grads, tok, tgt, B, T, 0.0f, 0, acts,
 										   (float) (1.0 / ((double) B * T)), pgllm_cancel);
-		pgllm_cancel = NULL;
-		if (rc != PGLLM_INTERRUPTED)
-		{
-			pgllm_kernel_status(rc, "gpt2 forward/backward");
-			break;
-		}
-	}
+	});
+	pgllm_kernel_status(rc, "gpt2 forward/backward");
 	n = pgllm_param_count(&m->cfg);
 	for (i = 0; i < n; i++)
 	{
@@ -1037,6 +1093,7 @@ pg_llm_dataset_from_text(PG_FUNCTION_ARGS)
 				n_train,
 				rows = 0;
 	int			rc;
+	int			spi;
 	SPIPlanPtr	plan;
 
 	if (bs < 1)
@@ -1058,10 +1115,10 @@ pg_llm_dataset_from_text(PG_FUNCTION_ARGS)
 	/* as nanoGPT: the first part trains, the last val_fraction validates */
 	n_val = (int64) floor(n * val_fraction);
 	n_train = n - n_val;
-	SPI_connect();
+	spi = pgllm_spi_begin();
 	plan = SPI_prepare(psprintf("INSERT INTO %s (dataset, tokens, target, split) "
 								"SELECT $1, $2[g * $3 + 1 : g * $3 + $3], $2[g * $3 + 2 : g * $3 + $3 + 1], $4 "
-								"FROM generate_series(0, $5 - 1) AS g",
+								"FROM pg_catalog.generate_series(0::pg_catalog.int8, $5 - 1) AS g",
 								pgllm_table("llm_dataset")),
 					   5, (Oid[]) {TEXTOID, INT4ARRAYOID, INT4OID, TEXTOID, INT8OID});
 	if (plan == NULL)
@@ -1076,7 +1133,7 @@ pg_llm_dataset_from_text(PG_FUNCTION_ARGS)
 			continue;
 		rc = SPI_execute_plan(plan,
 							  (Datum[]) {CStringGetTextDatum(dataset),
-								  PointerGetDatum(pgllm_int4_array_build(start, len)),
+								  PointerGetDatum(pgllm_int4_array_result(start, len, "llm_dataset_from_text")),
 								  Int32GetDatum(bs),
 								  CStringGetTextDatum(part == 0 ? "train" : "val"),
 								  Int64GetDatum(blocks)},
@@ -1085,7 +1142,7 @@ pg_llm_dataset_from_text(PG_FUNCTION_ARGS)
 			elog(ERROR, "pg_llm: writing llm_dataset failed");
 		rows += SPI_processed;
 	}
-	SPI_finish();
+	pgllm_spi_end(spi);
 	if (rows == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -13,6 +13,7 @@
 #include <ctype.h>
 #include <fcntl.h>
 #include <math.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "catalog/pg_type.h"
@@ -67,6 +68,18 @@ clean_name(const char *raw, int64 len, bool npz)
 	if (strncmp(s, "transformer.", 12) == 0)
 		return pstrdup(s + 12);
 	return s;
+}
+
+/* inflate a member, cancellable; returns PGLLM_OK or PGLLM_EFORMAT */
+static int
+inflate_member(const uint8 *comp, int64 csize, uint8 *out, int64 usize)
+{
+	int			rc;
+
+	PGLLM_RESTARTABLE(rc, rc = pgllm_inflate(comp, csize, out, usize, pgllm_cancel));
+	if (rc != PGLLM_EFORMAT)
+		pgllm_kernel_status(rc, "inflate");
+	return rc;
 }
 
 /* ---------------------------------------------------------------------------
@@ -140,7 +153,7 @@ npz_entries(int fd, const char *path, int64 size, int *count)
 			pgllm_read_exact(fd, path, e->offset, comp, e->csize);
 			head_len = e->usize;
 			head = pgllm_alloc_bytes(Max(head_len, 1), "an inflated tensor");
-			if (pgllm_inflate(comp, e->csize, head, head_len) != PGLLM_OK)
+			if (inflate_member(comp, e->csize, head, head_len) != PGLLM_OK)
 				bad_file(path, "a compressed member is corrupt");
 			pgllm_free(comp, Max(e->csize, 1));
 		}
@@ -278,7 +291,7 @@ read_entry(int fd, const char *path, const WeightEntry *e, float *dst, int64 nfl
 		uint8	   *raw = pgllm_alloc_bytes(Max(e->usize, 1), "an inflated tensor");
 
 		pgllm_read_exact(fd, path, e->offset, comp, e->csize);
-		if (pgllm_inflate(comp, e->csize, raw, e->usize) != PGLLM_OK)
+		if (inflate_member(comp, e->csize, raw, e->usize) != PGLLM_OK)
 			bad_file(path, psprintf("array \"%s\" is corrupt (deflate)", e->name));
 		if (pgllm_crc32(0, raw, e->usize) != e->crc)
 			bad_file(path, psprintf("array \"%s\" fails its CRC check (corrupt)", e->name));
@@ -368,16 +381,8 @@ pg_llm_import_npz(PG_FUNCTION_ARGS)
 	else
 	{
 		PgllmGPT2Config old;
-		int			rc;
-		bool		exists;
+		bool		exists = pgllm_model_exists(model);
 
-		SPI_connect();
-		rc = SPI_execute_with_args(psprintf("SELECT 1 FROM %s WHERE model = $1",
-											pgllm_table("llm_model_config")),
-								   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
-								   NULL, true, 1);
-		exists = rc == SPI_OK_SELECT && SPI_processed > 0;
-		SPI_finish();
 		if (exists)
 			pgllm_model_config(model, &old, NULL);
 		if (exists && old.n_embd == cfg.n_embd)
@@ -495,25 +500,7 @@ pg_llm_import_npz(PG_FUNCTION_ARGS)
 	pfree(tmp);
 
 	/* the configuration and the parameters, in this transaction */
-	{
-		int			rc;
-
-		SPI_connect();
-		rc = SPI_execute_with_args(psprintf("INSERT INTO %s AS c (model, n_layer, n_head, d_model, n_positions, vocab) "
-											"VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (model) DO UPDATE "
-											"SET n_layer = EXCLUDED.n_layer, n_head = EXCLUDED.n_head, "
-											"d_model = EXCLUDED.d_model, n_positions = EXCLUDED.n_positions, "
-											"vocab = EXCLUDED.vocab, train_step = 0, updated_at = now()",
-											pgllm_table("llm_model_config")),
-								   6, (Oid[]) {TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID},
-								   (Datum[]) {CStringGetTextDatum(model), Int32GetDatum(cfg.n_layer),
-									   Int32GetDatum(cfg.n_head), Int32GetDatum(cfg.n_embd),
-									   Int32GetDatum(cfg.n_positions), Int32GetDatum(cfg.vocab)},
-								   NULL, false, 0);
-		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "pg_llm: writing llm_model_config failed");
-		SPI_finish();
-	}
+	pgllm_config_upsert(model, &cfg, true);
 	pgllm_params_write(model, &cfg, flat, NULL, NULL, true);
 	PG_RETURN_INT64(total);
 }
@@ -619,13 +606,26 @@ pg_llm_export_npz(PG_FUNCTION_ARGS)
 	for (i = 0; i < nparams; i++)
 		hf_tensor(&cfg, flat, i, &ts[i]);
 
+	/*
+	 * A new file that nobody else can have prepared: O_EXCL fails on
+	 * anything already there, a planted symlink included (O_NOFOLLOW says so
+	 * for a link to a missing target too), and mode 0600 keeps the weights
+	 * to the server's OS user until the rename.
+	 */
 	tmp_path = psprintf("%s.tmp.%d", path, MyProcPid);
 	pgllm_check_path(tmp_path);
-	fd = OpenTransientFile(tmp_path, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
+	fd = OpenTransientFilePerm(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | PG_BINARY,
+							   S_IRUSR | S_IWUSR);
 	if (fd < 0)
+	{
+		int			err = errno;
+
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not create file \"%s\": %m", tmp_path)));
+				 errmsg("could not create file \"%s\": %m", tmp_path),
+				 (err == EEXIST || err == ELOOP) ?
+				 errhint("Something is already at that temporary path (a file or a link): pg_llm never writes through it. Remove it, or export elsewhere.") : 0));
+	}
 	PG_TRY();
 	{
 		if (npz)

@@ -1,0 +1,346 @@
+-- pg_llm 0.2.0 -> 0.3.0: ALTER EXTENSION pg_llm UPDATE TO '0.3.0'
+\echo Use "ALTER EXTENSION pg_llm UPDATE TO '0.3.0'" to load this file. \quit
+
+-- As in the install script, every name this script uses resolves in
+-- pg_catalog or is qualified with the extension's schema.
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+-- pg_dump keeps user state: the pre-registered configurations still as
+-- CREATE EXTENSION inserted them are marked preset (left out of dumps)
+ALTER TABLE @extschema@.llm_model_config ADD COLUMN preset bool NOT NULL DEFAULT false;
+COMMENT ON COLUMN @extschema@.llm_model_config.preset
+    IS 'a pre-registered configuration as CREATE EXTENSION inserted it: not dumped; any change clears it';
+UPDATE @extschema@.llm_model_config c SET preset = true
+ WHERE (c.model, c.n_layer, c.n_head, c.d_model, c.n_positions, c.vocab, c.layer_norm_eps) IN
+       (('gpt2-small', 12, 12, 768, 1024, 50257, 1e-5::float4),
+        ('gpt2-medium', 24, 16, 1024, 1024, 50257, 1e-5::float4),
+        ('gpt2-large', 36, 20, 1280, 1024, 50257, 1e-5::float4),
+        ('gpt2-xl', 48, 25, 1600, 1024, 50257, 1e-5::float4))
+   AND c.tokenizer_version IS NULL AND c.train_step = 0
+   AND NOT EXISTS (SELECT 1 FROM @extschema@.llm_param p WHERE p.model = c.model);
+CREATE FUNCTION @extschema@.pg_llm_config_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        DELETE FROM @extschema@.llm_model_config c WHERE c.model = NEW.model AND c.preset;
+    END IF;
+    NEW.preset := false;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER llm_model_config_changed BEFORE INSERT OR UPDATE ON @extschema@.llm_model_config
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.pg_llm_config_changed();
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_model_config', 'WHERE NOT preset');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_model_version_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_param', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_vocab', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_merges', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_dataset', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_dataset_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_train_log', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_train_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_checkpoint', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_checkpoint_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_checkpoint_param', '');
+
+COMMENT ON TABLE @extschema@.llm_param IS 'model parameters, one row per tensor, HuggingFace GPT-2 names, float32 little-endian; linear weights as (out, in), the transpose of HuggingFace''s Conv1D';
+
+-- functions and views bound to pg_catalog (qualified names, pinned search_path)
+CREATE OR REPLACE VIEW @extschema@.llm_models AS
+SELECT c.model,
+       pg_catalog.jsonb_build_object('n_layer', c.n_layer, 'n_head', c.n_head, 'd_model', c.d_model,
+                          'n_positions', c.n_positions, 'vocab', c.vocab,
+                          'layer_norm_eps', c.layer_norm_eps) AS config,
+       coalesce(p.bytes / 4, 0)::bigint AS n_params,
+       coalesce(p.bytes, 0)::bigint AS bytes,
+       c.version,
+       coalesce(p.n_tensors, 0) > 0 AS has_weights,
+       EXISTS (SELECT 1 FROM @extschema@.llm_merges g WHERE g.model = c.model) AS has_tokenizer,
+       c.train_step,
+       c.updated_at
+  FROM @extschema@.llm_model_config c
+  LEFT JOIN (SELECT model, pg_catalog.sum(pg_catalog.octet_length(data)) AS bytes, pg_catalog.count(*) AS n_tensors
+               FROM @extschema@.llm_param GROUP BY model) p USING (model);
+
+-- training: the loops call pg_llm_train_tick (no operator in the procedure)
+DROP FUNCTION @extschema@.pg_llm_train_steps(text, int);
+DROP FUNCTION @extschema@.pg_llm_train_writeback(text);
+DROP FUNCTION @extschema@.pg_llm_train_begin(text, int, int, int, float8, float8, int, int, float8,
+    float8, float8, float8, int, float8, int, int, int, float8, text, int, float8);
+CREATE FUNCTION @extschema@.pg_llm_train_begin(model text, n_steps int, batch_size int, block_size int,
+                                   learning_rate float8, min_lr float8, warmup_iters int,
+                                   lr_decay_iters int, weight_decay float8, beta1 float8,
+                                   beta2 float8, grad_clip float8, gradient_accumulation_steps int,
+                                   dropout float8, eval_interval int, eval_iters int, seed int,
+                                   max_seconds float8, dataset text, log_interval int, eps float8,
+                                   checkpoint_interval int)
+RETURNS int
+AS 'MODULE_PATHNAME', 'pg_llm_train_begin' LANGUAGE C VOLATILE;
+-- one step, and the write-back when due; false when the run is over
+CREATE FUNCTION @extschema@.pg_llm_train_tick(model text) RETURNS bool
+AS 'MODULE_PATHNAME', 'pg_llm_train_tick' LANGUAGE C VOLATILE STRICT;
+
+CREATE OR REPLACE FUNCTION @extschema@.llm_train(model text, n_steps int, batch_size int DEFAULT 8, block_size int DEFAULT NULL,
+                          learning_rate float8 DEFAULT 6e-4, min_lr float8 DEFAULT NULL,
+                          warmup_iters int DEFAULT 100, lr_decay_iters int DEFAULT NULL,
+                          weight_decay float8 DEFAULT 0.1, beta1 float8 DEFAULT 0.9,
+                          beta2 float8 DEFAULT 0.95, grad_clip float8 DEFAULT 1.0,
+                          gradient_accumulation_steps int DEFAULT 1, dropout float8 DEFAULT 0.0,
+                          eval_interval int DEFAULT 100, eval_iters int DEFAULT 20,
+                          seed int DEFAULT 1337, max_seconds float8 DEFAULT NULL,
+                          dataset text DEFAULT 'default', log_interval int DEFAULT 10,
+                          eps float8 DEFAULT 1e-8)
+RETURNS float8
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    last float8;
+BEGIN
+    PERFORM @extschema@.pg_llm_train_begin(model, n_steps, batch_size, block_size, learning_rate,
+        min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip,
+        gradient_accumulation_steps, dropout, eval_interval, eval_iters, seed, max_seconds,
+        dataset, log_interval, eps, NULL::int);
+    WHILE @extschema@.pg_llm_train_tick(model) LOOP
+    END LOOP;
+    PERFORM @extschema@.pg_llm_train_end(model);
+    SELECT l.loss INTO last FROM @extschema@.llm_train_log l
+     WHERE l.model = llm_train.model ORDER BY l.id DESC LIMIT 1;
+    RETURN last;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.llm_train(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8)
+    IS 'train n_steps AdamW steps on llm_dataset in one transaction (llm_train_run commits as it goes); returns the last training loss';
+
+CREATE OR REPLACE FUNCTION @extschema@.llm_train(model text, n_steps int, n_layer int, n_head int, d int, vocab int,
+                          dropout_p float4 DEFAULT 0.1, beta1 float4 DEFAULT 0.9,
+                          beta2 float4 DEFAULT 0.999, eps float4 DEFAULT 1e-8,
+                          wd float4 DEFAULT 0.01, lr_max float4 DEFAULT 2.5e-4,
+                          warmup int DEFAULT 2000, grad_clip float4 DEFAULT NULL,
+                          grad_workers int DEFAULT 1, prune_workers int DEFAULT 1)
+RETURNS float8
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg record;
+BEGIN
+    SELECT c.n_layer, c.n_head, c.d_model, c.vocab INTO cfg
+      FROM @extschema@.llm_model_config c WHERE c.model = llm_train.model;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object';
+    END IF;
+    IF (cfg.n_layer, cfg.n_head, cfg.d_model, cfg.vocab) IS DISTINCT FROM (n_layer, n_head, d, vocab) THEN
+        RAISE EXCEPTION 'llm_train: model "%" has n_layer %, n_head %, d_model %, vocab %, not %, %, %, %',
+              model, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.vocab, n_layer, n_head, d, vocab
+              USING ERRCODE = 'invalid_parameter_value',
+                    HINT = 'The shape arguments of pg_gpt2''s llm_train must match llm_model_config; or call llm_train(model, n_steps, batch_size => ...).';
+    END IF;
+    RETURN @extschema@.llm_train(model, n_steps, learning_rate => lr_max::float8,
+                                 warmup_iters => warmup, weight_decay => wd::float8,
+                                 beta1 => beta1::float8, beta2 => beta2::float8,
+                                 grad_clip => coalesce(grad_clip, 0)::float8,
+                                 dropout => dropout_p::float8, eps => eps::float8);
+END
+$$;
+
+CREATE OR REPLACE PROCEDURE @extschema@.llm_train_run(model text, n_steps int, batch_size int DEFAULT 8, block_size int DEFAULT NULL,
+                               learning_rate float8 DEFAULT 6e-4, min_lr float8 DEFAULT NULL,
+                               warmup_iters int DEFAULT 100, lr_decay_iters int DEFAULT NULL,
+                               weight_decay float8 DEFAULT 0.1, beta1 float8 DEFAULT 0.9,
+                               beta2 float8 DEFAULT 0.95, grad_clip float8 DEFAULT 1.0,
+                               gradient_accumulation_steps int DEFAULT 1, dropout float8 DEFAULT 0.0,
+                               eval_interval int DEFAULT 100, eval_iters int DEFAULT 20,
+                               seed int DEFAULT 1337, max_seconds float8 DEFAULT NULL,
+                               checkpoint_interval int DEFAULT 100, dataset text DEFAULT 'default',
+                               log_interval int DEFAULT 10, eps float8 DEFAULT 1e-8)
+LANGUAGE plpgsql
+AS $$
+-- (no SET search_path: a procedure that commits cannot have one; so no
+-- operator here, and every call qualified, with arguments of exact types)
+BEGIN
+    -- fails at once inside a transaction block, before any work
+    COMMIT;
+    PERFORM @extschema@.pg_llm_train_begin(model, n_steps, batch_size, block_size, learning_rate,
+        min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip,
+        gradient_accumulation_steps, dropout, eval_interval, eval_iters, seed, max_seconds,
+        dataset, log_interval, eps, checkpoint_interval);
+    COMMIT;
+    -- one step per transaction: its log row is visible at once
+    WHILE @extschema@.pg_llm_train_tick(model) LOOP
+        COMMIT;
+    END LOOP;
+    COMMIT;
+    PERFORM @extschema@.pg_llm_train_end(model);
+END
+$$;
+COMMENT ON PROCEDURE @extschema@.llm_train_run(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, int, text, int, float8)
+    IS 'train n_steps, committing every step (llm_train_log) and writing parameters and AdamW state back every checkpoint_interval steps (NULL: only at the end) and at the end; CALL it outside a transaction block';
+
+CREATE OR REPLACE FUNCTION @extschema@.llm_checkpoint_save(model text, note text DEFAULT NULL, file_path text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid bigint;
+    n bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.llm_param p WHERE p.model = llm_checkpoint_save.model) THEN
+        RAISE EXCEPTION 'model "%" has no parameters to save', llm_checkpoint_save.model
+              USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    INSERT INTO @extschema@.llm_checkpoint (model, step, note, n_params, file_path, config)
+    SELECT c.model, c.train_step, llm_checkpoint_save.note, 0, llm_checkpoint_save.file_path,
+           pg_catalog.jsonb_build_object('n_layer', c.n_layer, 'n_head', c.n_head, 'd_model', c.d_model,
+                              'n_positions', c.n_positions, 'vocab', c.vocab)
+      FROM @extschema@.llm_model_config c WHERE c.model = llm_checkpoint_save.model
+    RETURNING id INTO cid;
+    INSERT INTO @extschema@.llm_checkpoint_param (checkpoint_id, name, shape, data, m, v)
+    SELECT cid, p.name, p.shape, p.data, p.m, p.v FROM @extschema@.llm_param p
+     WHERE p.model = llm_checkpoint_save.model;
+    SELECT pg_catalog.sum(pg_catalog.octet_length(cp.data)) / 4 INTO n FROM @extschema@.llm_checkpoint_param cp
+     WHERE cp.checkpoint_id = cid;
+    UPDATE @extschema@.llm_checkpoint SET n_params = n WHERE id = cid;
+    IF file_path IS NOT NULL THEN
+        PERFORM @extschema@.pg_llm_export_npz(file_path, model);
+    END IF;
+    RETURN cid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.llm_checkpoint_load(model text, checkpoint_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ck record;
+BEGIN
+    SELECT * INTO ck FROM @extschema@.llm_checkpoint k WHERE k.id = llm_checkpoint_load.checkpoint_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'checkpoint % does not exist', checkpoint_id USING ERRCODE = 'undefined_object';
+    END IF;
+    IF ck.model <> llm_checkpoint_load.model THEN
+        RAISE EXCEPTION 'checkpoint % belongs to model "%", not "%"', checkpoint_id, ck.model, model
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- the configuration may have changed since: restore it with the tensors
+    UPDATE @extschema@.llm_model_config c
+       SET n_layer = (ck.config->>'n_layer')::int, n_head = (ck.config->>'n_head')::int,
+           d_model = (ck.config->>'d_model')::int, n_positions = (ck.config->>'n_positions')::int,
+           vocab = (ck.config->>'vocab')::int, train_step = ck.step,
+           version = pg_catalog.nextval('@extschema@.llm_model_version_seq'::pg_catalog.regclass), updated_at = pg_catalog.now()
+     WHERE c.model = llm_checkpoint_load.model;
+    DELETE FROM @extschema@.llm_param p WHERE p.model = llm_checkpoint_load.model;
+    INSERT INTO @extschema@.llm_param (model, name, shape, data, m, v)
+    SELECT llm_checkpoint_load.model, cp.name, cp.shape, cp.data, cp.m, cp.v
+      FROM @extschema@.llm_checkpoint_param cp WHERE cp.checkpoint_id = llm_checkpoint_load.checkpoint_id;
+END
+$$;
+
+-- ===========================================================================
+-- Privileges
+--
+-- Everybody may run the tensor ops, read models and tokenizers, encode,
+-- decode, generate and score text (llm_loss, llm_perplexity, llm_logits,
+-- llm_gradients).  Whatever writes a model, a tokenizer, a dataset or a
+-- checkpoint is revoked from PUBLIC and granted to the role pgllm_admin
+-- (GRANT pgllm_admin TO alice; "pg_llm_admin" cannot be: role names
+-- starting with pg_ are reserved).  Training data (llm_dataset) is readable
+-- by pgllm_admin only, so llm_evaluate, which scores a dataset, needs it
+-- too.  Reading or writing server files further needs pg_read_server_files /
+-- pg_write_server_files (or superuser): the C functions check it themselves.
+--
+-- pgllm_admin is created here.  If a role of that name exists already, it
+-- must be one pg_llm created (in this or another database of the cluster:
+-- roles are shared) and nobody but superusers may administer it -- else a
+-- role that prepared it (CREATEROLE suffices) would keep the power to grant
+-- pg_llm's admin rights.
+-- ===========================================================================
+DO $$
+DECLARE
+    marker CONSTANT text := 'pg_llm administrators: may create, import, export, train and drop pg_llm models and load tokenizers';
+    r record;
+    admin text;
+BEGIN
+    SELECT a.oid, a.rolsuper OR a.rolcanlogin OR a.rolcreaterole OR a.rolcreatedb OR a.rolreplication
+           OR a.rolbypassrls AS powers,
+           pg_catalog.shobj_description(a.oid, 'pg_authid') AS note
+      INTO r FROM pg_catalog.pg_roles a WHERE a.rolname = 'pgllm_admin';
+    IF NOT FOUND THEN
+        CREATE ROLE pgllm_admin NOLOGIN;
+        EXECUTE pg_catalog.format('COMMENT ON ROLE pgllm_admin IS %L', marker);
+        RETURN;
+    END IF;
+    -- (0.2.0 marked the role with a shorter comment)
+    IF r.note IS NULL OR r.note NOT IN (marker, 'may create, import, export, train and drop pg_llm models and load tokenizers') THEN
+        RAISE EXCEPTION 'role "pgllm_admin" already exists, and pg_llm did not create it'
+              USING ERRCODE = 'duplicate_object',
+                    DETAIL = 'pg_llm grants its administration rights to the role pgllm_admin; whoever created that role could grant them on.',
+                    HINT = 'Drop the role (DROP ROLE pgllm_admin) and run CREATE EXTENSION again: it creates the role; then GRANT pgllm_admin TO the roles that administer pg_llm.';
+    END IF;
+    IF r.powers THEN
+        RAISE EXCEPTION 'role "pgllm_admin" has attributes pg_llm does not give it (LOGIN, SUPERUSER, CREATEROLE, CREATEDB, REPLICATION or BYPASSRLS)'
+              USING ERRCODE = 'duplicate_object',
+                    HINT = 'ALTER ROLE pgllm_admin NOLOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS, or drop it, then run CREATE EXTENSION again.';
+    END IF;
+    SELECT m.member::pg_catalog.regrole::pg_catalog.text INTO admin
+      FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles a ON a.oid = m.member
+     WHERE m.roleid = r.oid AND m.admin_option AND NOT a.rolsuper
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'role "pgllm_admin" may be administered by role %, which is not a superuser', admin
+              USING ERRCODE = 'duplicate_object',
+                    DETAIL = 'A role with ADMIN OPTION on pgllm_admin can grant pg_llm''s administration rights to anyone.',
+                    HINT = pg_catalog.format('If %s should not, REVOKE ADMIN OPTION FOR pgllm_admin FROM %s; then run CREATE EXTENSION again.', admin, admin);
+    END IF;
+    EXECUTE pg_catalog.format('COMMENT ON ROLE pgllm_admin IS %L', marker);
+END
+$$;
+
+DO $$
+DECLARE
+    routine regprocedure;
+BEGIN
+    FOREACH routine IN ARRAY ARRAY[
+        '@extschema@.llm_create_model(text, int, int, int, int, int, int)',
+        '@extschema@.llm_drop_model(text)',
+        '@extschema@.pg_llm_import_npz(text, text, int)',
+        '@extschema@.pg_llm_export_npz(text, text)',
+        '@extschema@.pg_llm_load_bpe_vocab(text, text)',
+        '@extschema@.pg_llm_load_bpe_merges(text, text)',
+        '@extschema@.pg_llm_load_bpe_vocab_text(text, text)',
+        '@extschema@.pg_llm_load_bpe_merges_text(text, text)',
+        '@extschema@.llm_dataset_from_text(text, text, int, float8, text)',
+        '@extschema@.pg_llm_train_begin(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8, int)',
+        '@extschema@.pg_llm_train_tick(text)',
+        '@extschema@.pg_llm_train_end(text)',
+        '@extschema@.llm_train(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, text, int, float8)',
+        '@extschema@.llm_train(text, int, int, int, int, int, float4, float4, float4, float4, float4, float4, int, float4, int, int)',
+        '@extschema@.llm_train_step(text, int[], int[], float8, float8, float8, float8, float8, float8)',
+        '@extschema@.llm_checkpoint_save(text, text, text)',
+        '@extschema@.llm_checkpoint_load(text, bigint)',
+        '@extschema@.llm_train_run(text, int, int, int, float8, float8, int, int, float8, float8, float8, float8, int, float8, int, int, int, float8, int, text, int, float8)'
+    ]::regprocedure[]
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC', routine);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO pgllm_admin', routine);
+    END LOOP;
+END
+$$;
+
+-- the tables: models, tokenizers, the training log and the checkpoint list
+-- are readable by all (generation reads them as the calling role); training
+-- data and checkpoint contents only by pgllm_admin
+GRANT SELECT ON @extschema@.llm_model_config, @extschema@.llm_param, @extschema@.llm_vocab,
+                @extschema@.llm_merges, @extschema@.llm_models, @extschema@.llm_train_log,
+                @extschema@.llm_checkpoint TO PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON @extschema@.llm_model_config, @extschema@.llm_param,
+                @extschema@.llm_vocab, @extschema@.llm_merges, @extschema@.llm_dataset,
+                @extschema@.llm_train_log, @extschema@.llm_checkpoint,
+                @extschema@.llm_checkpoint_param TO pgllm_admin;
+GRANT USAGE, SELECT, UPDATE ON SEQUENCE @extschema@.llm_model_version_seq, @extschema@.llm_dataset_id_seq,
+                @extschema@.llm_train_log_id_seq, @extschema@.llm_checkpoint_id_seq TO pgllm_admin;
