@@ -382,108 +382,166 @@ cdef void _cache_clear(BPEState *s) noexcept nogil:
 
 # Building a tokenizer from any vocabulary -- a file, or rows an admin wrote
 # into llm_vocab -- is bounded: every table is sized from a count made first
-# (at most half full, so every probe loop ends), the work is linear in the
-# vocabulary's bytes, and the cancel flag is polled every CANCEL_EVERY
-# tokens.  The splits of a token into two tokens come from two tries over
-# the vocabulary (forward, and over reversed tokens): one walk along a token
-# finds every prefix that is a token, one walk along it backwards every
-# suffix, so a token of L bytes costs O(L) whatever the vocabulary holds
-# (hashing each prefix and suffix would cost O(L^2), and an adversarial
-# vocabulary of "a", "aa", ..., "a" * 20000 would take hours).
+# (at most half full, so every probe loop ends), time and memory are linear
+# in the vocabulary, and the cancel flag is polled every CANCEL_EVERY tokens
+# and every CANCEL_EVERY_BYTES bytes of a long one.
+#
+# The pair table needs every split of every token into two tokens.  Hashing
+# each prefix and suffix from scratch would cost O(L^2) for a token of L
+# bytes (an adversarial "a", "aa", ..., "a" * 20000 takes hours), so prefixes
+# and suffixes get rolling fingerprints: two polynomial hashes modulo the
+# prime 2^61 - 1 (suffixes through the inverse of the base), looked up with
+# the length in a table of the tokens' fingerprints -- O(1) per split.
+# Splits of tokens of up to VERIFY_MAX bytes (every token of the vocabularies
+# in use) are also compared byte by byte; beyond that two 61-bit hashes and
+# the length decide (a false match has probability below 2^-100).
 DEF CANCEL_EVERY = 4096
+DEF CANCEL_EVERY_BYTES = 1 << 20
+DEF VERIFY_MAX = 256
+
+cdef extern from *:
+    """
+    #define PGLLM_P61 ((((uint64_t) 1) << 61) - 1)
+    static inline uint64_t pgllm_mulmod61(uint64_t a, uint64_t b)
+    {
+        unsigned __int128 m = (unsigned __int128) a * b;
+        uint64_t r = (uint64_t) (m & PGLLM_P61) + (uint64_t) (m >> 61);
+
+        r = (r & PGLLM_P61) + (r >> 61);
+        return r >= PGLLM_P61 ? r - PGLLM_P61 : r;
+    }
+    static inline uint64_t pgllm_addmod61(uint64_t a, uint64_t b)
+    {
+        uint64_t r = a + b;
+
+        return r >= PGLLM_P61 ? r - PGLLM_P61 : r;
+    }
+    """
+    uint64_t PGLLM_P61
+    uint64_t pgllm_mulmod61(uint64_t a, uint64_t b) nogil
+    uint64_t pgllm_addmod61(uint64_t a, uint64_t b) nogil
+
+cdef enum:
+    FP_BASE1 = 0x1F3D5B79A3C1E5
+    FP_BASE2 = 0x0B7E151628AED2
 
 
-cdef struct Trie:
-    uint64_t *keys              # (node << 8 | byte) + 1, 0 empty
-    int32_t *child
-    int32_t *token              # by node: id of the token ending there, or -1
+cdef uint64_t _powmod61(uint64_t b, uint64_t e) noexcept nogil:
+    cdef uint64_t r = 1
+    while e:
+        if e & 1:
+            r = pgllm_mulmod61(r, b)
+        b = pgllm_mulmod61(b, b)
+        e = e >> 1
+    return r
+
+
+cdef struct Prints:
+    uint64_t *h1                # fingerprint + 1 (0: empty slot)
+    uint64_t *h2
+    int64_t *len
+    int32_t *id
     int64_t mask
-    int64_t n_nodes
+    uint64_t *seen              # a bit per (fingerprint, length) class: most
+    int64_t seen_mask           # prefixes are no token, and this says so from cache
 
 
-cdef void _trie_free(Trie *t) noexcept nogil:
-    free(t.keys)
-    free(t.child)
-    free(t.token)
-    memset(t, 0, sizeof(Trie))
-
-
-cdef int _trie_init(Trie *t, int64_t max_nodes) noexcept nogil:
-    cdef int64_t slots = _pow2_at_least(2 * max_nodes + 16), i
-    t.mask = slots - 1
-    t.n_nodes = 1                           # the root
-    t.keys = <uint64_t *> calloc(slots, sizeof(uint64_t))
-    t.child = <int32_t *> malloc(slots * sizeof(int32_t))
-    t.token = <int32_t *> malloc((max_nodes + 1) * sizeof(int32_t))
-    if t.keys == NULL or t.child == NULL or t.token == NULL:
-        _trie_free(t)
-        return 0
-    for i in range(max_nodes + 1):
-        t.token[i] = -1
-    return 1
-
-
-cdef inline int32_t _trie_step(Trie *t, int32_t node, uint8_t byte, int create) noexcept nogil:
-    """The child of node along byte (created if asked), or -1."""
-    cdef uint64_t key = ((<uint64_t> node << 8) | byte) + 1
-    cdef uint64_t slot = _mix64(key) & <uint64_t> t.mask
-    while t.keys[slot] != 0:
-        if t.keys[slot] == key:
-            return t.child[slot]
-        slot = (slot + 1) & <uint64_t> t.mask
-    if not create:
-        return -1
-    t.keys[slot] = key
-    t.child[slot] = <int32_t> t.n_nodes
-    t.n_nodes = t.n_nodes + 1
-    return t.child[slot]
-
-
-cdef void _trie_add(Trie *t, const uint8_t *p, int64_t n, int reverse, int32_t id) noexcept nogil:
-    cdef int32_t node = 0
+cdef void _fp_whole(const uint8_t *p, int64_t n, uint64_t *h1, uint64_t *h2,
+                    uint64_t *b1n, uint64_t *b2n) noexcept nogil:
+    """Fingerprints of p, and base^n."""
     cdef int64_t k
+    cdef uint64_t a = 0, b = 0, pa = 1, pb = 1
     for k in range(n):
-        node = _trie_step(t, node, p[n - 1 - k] if reverse else p[k], 1)
-    if t.token[node] < 0:
-        t.token[node] = id                  # duplicate bytes: the lower id wins
+        a = pgllm_addmod61(pgllm_mulmod61(a, FP_BASE1), p[k] + 1)
+        b = pgllm_addmod61(pgllm_mulmod61(b, FP_BASE2), p[k] + 1)
+        pa = pgllm_mulmod61(pa, FP_BASE1)
+        pb = pgllm_mulmod61(pb, FP_BASE2)
+    h1[0] = a
+    h2[0] = b
+    b1n[0] = pa
+    b2n[0] = pb
 
 
-cdef void _splits(Trie *fwd, Trie *rev, const uint8_t *p, int64_t n, int32_t *pre,
-                  int32_t *suf) noexcept nogil:
-    """pre[k]: the token p[:k], suf[k]: the token p[k:] (k = 1 .. n-1), or -1."""
-    cdef int32_t node = 0
-    cdef int64_t k
+cdef int32_t _fp_find(const Prints *f, uint64_t h1, uint64_t h2, int64_t n, int insert_id) noexcept nogil:
+    """The id of the token with these fingerprints and length, or -1; with
+    insert_id >= 0, insert it if absent (the first, lowest id stays)."""
+    cdef uint64_t key = _mix64(h1 ^ (h2 << 3) ^ <uint64_t> n)
+    cdef uint64_t bit = (key >> 20) & <uint64_t> f.seen_mask
+    cdef uint64_t slot = key & <uint64_t> f.mask
+    if insert_id < 0 and not (f.seen[bit >> 6] >> (bit & 63)) & 1:
+        return -1
+    f.seen[bit >> 6] |= <uint64_t> 1 << (bit & 63)
+    while f.h1[slot] != 0:
+        if f.h1[slot] == h1 + 1 and f.h2[slot] == h2 and f.len[slot] == n:
+            return f.id[slot]
+        slot = (slot + 1) & <uint64_t> f.mask
+    if insert_id >= 0:
+        f.h1[slot] = h1 + 1
+        f.h2[slot] = h2
+        f.len[slot] = n
+        f.id[slot] = insert_id
+        return insert_id
+    return -1
+
+
+cdef void _fp_free(Prints *f) noexcept nogil:
+    free(f.h1)
+    free(f.h2)
+    free(f.len)
+    free(f.id)
+    free(f.seen)
+    memset(f, 0, sizeof(Prints))
+
+
+cdef int _token_splits(BPEState *s, const Prints *f, int32_t id, int insert, int64_t *n_pairs,
+                       uint64_t inv1, uint64_t inv2, const int *cancel) noexcept nogil:
+    """Every split of token id into two tokens: counted into n_pairs, or
+    inserted into the pair table."""
+    cdef int64_t n = _tok_len(s, id), k
+    cdef const uint8_t *t = s.data + s.offsets[id]
+    cdef uint64_t h1, h2, b1n, b2n, p1 = 0, p2 = 0, q1, q2, i1 = 1, i2 = 1, s1, s2
+    cdef int32_t a, b
+    _fp_whole(t, n, &h1, &h2, &b1n, &b2n)
     for k in range(1, n):
-        pre[k] = -1
-        suf[k] = -1
-    for k in range(1, n):
-        node = _trie_step(fwd, node, p[k - 1], 0)
-        if node < 0:
-            break
-        pre[k] = fwd.token[node]
-    node = 0
-    for k in range(n - 1, 0, -1):
-        node = _trie_step(rev, node, p[k], 0)
-        if node < 0:
-            break
-        suf[k] = rev.token[node]
+        if (k % CANCEL_EVERY_BYTES) == 0 and PGLLM_CANCELLED(cancel):
+            return PGLLM_INTERRUPTED
+        # t[:k] = p, and t[k:] = h - p * base^(n-k) = h - p * base^n * base^-k
+        p1 = pgllm_addmod61(pgllm_mulmod61(p1, FP_BASE1), t[k - 1] + 1)
+        p2 = pgllm_addmod61(pgllm_mulmod61(p2, FP_BASE2), t[k - 1] + 1)
+        i1 = pgllm_mulmod61(i1, inv1)
+        i2 = pgllm_mulmod61(i2, inv2)
+        a = _fp_find(f, p1, p2, k, -1)
+        if a < 0:
+            continue
+        q1 = pgllm_mulmod61(pgllm_mulmod61(p1, b1n), i1)
+        q2 = pgllm_mulmod61(pgllm_mulmod61(p2, b2n), i2)
+        s1 = pgllm_addmod61(h1, PGLLM_P61 - q1)
+        s2 = pgllm_addmod61(h2, PGLLM_P61 - q2)
+        b = _fp_find(f, s1, s2, n - k, -1)
+        if b < 0:
+            continue
+        if n <= VERIFY_MAX and (memcmp(s.data + s.offsets[a], t, k) != 0 or
+                                memcmp(s.data + s.offsets[b], t + k, n - k) != 0):
+            continue
+        if insert:
+            _pair_insert(s, a, b, id)
+        else:
+            n_pairs[0] = n_pairs[0] + 1
+    return PGLLM_OK
 
 
 cdef public int pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const int64_t *offsets,
                                  const uint8_t *special, PgllmBPE **out,
                                  const int *cancel) noexcept nogil:
     cdef BPEState *s = NULL
-    cdef Trie fwd, rev
-    cdef int64_t i, k, n, slot_count, total, max_len = 1, n_pairs = 0, pass_
+    cdef Prints f
+    cdef int64_t i, n, slot_count, total, n_pairs = 0, n_merge = 0, pass_
     cdef int32_t id
-    cdef int32_t *pre = NULL
-    cdef int32_t *suf = NULL
-    cdef uint64_t slot
+    cdef uint64_t slot, h1, h2, b1n, b2n, inv1, inv2
     cdef const uint8_t *t
     cdef int rc = PGLLM_OK
     out[0] = NULL
-    memset(&fwd, 0, sizeof(Trie))
-    memset(&rev, 0, sizeof(Trie))
+    memset(&f, 0, sizeof(Prints))
     if not pgllm__uclass_ready:
         _build_uclass()
     if n_tokens <= 0 or n_tokens > PGLLM_BPE_MAX_TOKENS or offsets[0] != 0:
@@ -491,7 +549,6 @@ cdef public int pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const in
     for i in range(n_tokens):
         if offsets[i + 1] < offsets[i]:
             return PGLLM_EINVAL
-        max_len = max(max_len, offsets[i + 1] - offsets[i])
     total = offsets[n_tokens]
     if total > PGLLM_BPE_MAX_BYTES:
         return PGLLM_EINVAL
@@ -512,19 +569,24 @@ cdef public int pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const in
     s.wc_nids = <int32_t *> malloc(CACHE_SLOTS * sizeof(int32_t))
     s.wc_bytes = <uint8_t *> malloc(CACHE_BYTES)
     s.wc_ids = <int32_t *> malloc(CACHE_IDS * sizeof(int32_t))
-    pre = <int32_t *> malloc((max_len + 1) * sizeof(int32_t))
-    suf = <int32_t *> malloc((max_len + 1) * sizeof(int32_t))
+    f.mask = slot_count - 1
+    f.h1 = <uint64_t *> calloc(slot_count, sizeof(uint64_t))
+    f.h2 = <uint64_t *> malloc(slot_count * sizeof(uint64_t))
+    f.len = <int64_t *> malloc(slot_count * sizeof(int64_t))
+    f.id = <int32_t *> malloc(slot_count * sizeof(int32_t))
+    f.seen_mask = 8 * slot_count - 1        # 16 bits per token
+    f.seen = <uint64_t *> calloc(slot_count // 8, sizeof(uint64_t))
     if (s.data == NULL or s.offsets == NULL or s.special == NULL or s.tok_slots == NULL or
             s.wc_hash == NULL or s.wc_off == NULL or s.wc_len == NULL or s.wc_ids_off == NULL or
-            s.wc_nids == NULL or s.wc_bytes == NULL or s.wc_ids == NULL or pre == NULL or
-            suf == NULL or not _trie_init(&fwd, total) or not _trie_init(&rev, total)):
+            s.wc_nids == NULL or s.wc_bytes == NULL or s.wc_ids == NULL or f.h1 == NULL or
+            f.h2 == NULL or f.len == NULL or f.id == NULL or f.seen == NULL):
         rc = PGLLM_ENOMEM
     if rc == PGLLM_OK:
         memcpy(s.data, data, total)
         memcpy(s.offsets, offsets, (n_tokens + 1) * sizeof(int64_t))
         memcpy(s.special, special, n_tokens)
         _cache_clear(s)
-        # bytes -> id for the mergeable (non-special) tokens, and the tries
+        # bytes -> id for the mergeable (non-special) tokens, and their prints
         for i in range(slot_count):
             s.tok_slots[i] = -1
         for id in range(n_tokens):
@@ -542,8 +604,10 @@ cdef public int pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const in
                 slot = (slot + 1) & <uint64_t> s.tok_mask
             if s.tok_slots[slot] < 0:
                 s.tok_slots[slot] = id
-            _trie_add(&fwd, t, n, 0, id)
-            _trie_add(&rev, t, n, 1, id)
+            _fp_whole(t, n, &h1, &h2, &b1n, &b2n)
+            _fp_find(&f, h1, h2, n, id)
+            if n >= 2:
+                n_merge = n_merge + 1
     if rc == PGLLM_OK:
         _fill_byte_ids(s)
         for i in range(256):
@@ -552,6 +616,8 @@ cdef public int pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const in
                 break
     # every split of every token into two tokens: counted, then inserted
     # into a table twice that size
+    inv1 = _powmod61(FP_BASE1, PGLLM_P61 - 2)
+    inv2 = _powmod61(FP_BASE2, PGLLM_P61 - 2)
     for pass_ in range(2):
         if rc != PGLLM_OK:
             break
@@ -568,22 +634,12 @@ cdef public int pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const in
             if (id % CANCEL_EVERY) == 0 and PGLLM_CANCELLED(cancel):
                 rc = PGLLM_INTERRUPTED
                 break
-            n = _tok_len(s, id)
-            if n < 2 or s.special[id]:
+            if _tok_len(s, id) < 2 or s.special[id]:
                 continue
-            t = s.data + s.offsets[id]
-            _splits(&fwd, &rev, t, n, pre, suf)
-            for k in range(1, n):
-                if pre[k] < 0 or suf[k] < 0:
-                    continue
-                if pass_ == 0:
-                    n_pairs = n_pairs + 1
-                else:
-                    _pair_insert(s, pre[k], suf[k], id)
-    _trie_free(&fwd)
-    _trie_free(&rev)
-    free(pre)
-    free(suf)
+            rc = _token_splits(s, &f, id, pass_, &n_pairs, inv1, inv2, cancel)
+            if rc != PGLLM_OK:
+                break
+    _fp_free(&f)
     if rc != PGLLM_OK:
         _bpe_free_state(s)
         return rc

@@ -203,14 +203,17 @@ cdef public uint32_t pgllm_crc32(uint32_t crc, const uint8_t *buf, int64_t len) 
 DEF INFLATE_SLICE = 8 << 20
 
 
-cdef public int pgllm_inflate(const uint8_t *inp, int64_t in_len, uint8_t *out,
-                              int64_t out_len, const int *cancel) noexcept nogil:
+cdef int _inflate(const uint8_t *inp, int64_t in_len, uint8_t *out, int64_t out_len, int whole,
+                  int64_t *got, const int *cancel) noexcept nogil:
     """Output in slices of INFLATE_SLICE bytes, the cancel flag polled
-    between them (a 1 GB member takes seconds); restartable."""
+    between them (a 1 GB member takes seconds); restartable.  whole: the
+    stream must end exactly at out_len bytes; else up to out_len bytes of
+    its start (*got of them)."""
     cdef z_stream z
     cdef int rc
     cdef int64_t in_left = in_len, out_left = out_len
     memset(&z, 0, sizeof(z))
+    got[0] = 0
     if inflateInit2(&z, -MAX_WBITS) != Z_OK:
         return PGLLM_ENOMEM
     z.next_in = <uint8_t *> inp       # zlib without ZLIB_CONST: not const, only read
@@ -226,15 +229,31 @@ cdef public int pgllm_inflate(const uint8_t *inp, int64_t in_len, uint8_t *out,
         if z.avail_out == 0 and out_left > 0:
             z.avail_out = <unsigned int> min(out_left, <int64_t> INFLATE_SLICE)
             out_left = out_left - z.avail_out
+        if not whole and z.avail_out == 0 and out_left == 0:
+            break                       # the head is all there
         rc = inflate(&z, Z_NO_FLUSH)
         if rc == Z_BUF_ERROR and (z.avail_in == 0 and in_left == 0 or
                                   z.avail_out == 0 and out_left == 0):
             break
+    got[0] = out_len - out_left - z.avail_out
     inflateEnd(&z)
+    if not whole:
+        return PGLLM_OK if rc == Z_OK or rc == Z_STREAM_END or rc == Z_BUF_ERROR else PGLLM_EFORMAT
     # the stream must end exactly where the output does
     if rc != Z_STREAM_END or z.avail_out != 0 or out_left != 0:
         return PGLLM_EFORMAT
     return PGLLM_OK
+
+
+cdef public int pgllm_inflate(const uint8_t *inp, int64_t in_len, uint8_t *out,
+                              int64_t out_len, const int *cancel) noexcept nogil:
+    cdef int64_t got
+    return _inflate(inp, in_len, out, out_len, 1, &got, cancel)
+
+
+cdef public int pgllm_inflate_head(const uint8_t *inp, int64_t in_len, uint8_t *out,
+                                   int64_t out_len, int64_t *got, const int *cancel) noexcept nogil:
+    return _inflate(inp, in_len, out, out_len, 0, got, cancel)
 
 
 cdef public int64_t pgllm_zip_local_header(const uint8_t *name, int64_t name_len, uint32_t crc,

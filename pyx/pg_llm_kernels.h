@@ -343,6 +343,9 @@ int			pgllm_zip_local_header_len(const uint8_t *hdr, int64_t len, int64_t *data_
 /* raw deflate -> exactly out_len bytes; restartable */
 int			pgllm_inflate(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len,
 						  const int *cancel);
+/* the first bytes of a raw deflate stream: up to out_len of them (*got) */
+int			pgllm_inflate_head(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len,
+							   int64_t *got, const int *cancel);
 uint32_t	pgllm_crc32(uint32_t crc, const uint8_t *buf, int64_t len);
 
 /* .npy header (first bytes of the member): float32 little-endian only

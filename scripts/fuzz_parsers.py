@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Fuzz every parser of outside bytes: .npy headers, zip archives (central
 directory, local headers, deflate), safetensors headers, vocab.json,
-merges.txt -- through pg_llm_cy._kernels, compiled from the same Cython
-source as the server's pg_llm.so -- and, with --dsn, bytea tensors, weights
-files and tokenizer files through the server itself.
+merges.txt -- and the construction of tokenizers from random and
+adversarial vocabularies and merge lists (bpe: pair explosions, prefix
+chains, duplicates, huge and empty tokens, cycles), through
+pg_llm_cy._kernels, compiled from the same Cython source as the server's
+pg_llm.so -- and, with --dsn, bytea tensors, weights files, tokenizer files
+and tokenizer rows written straight into the tables, through the server.
 
     python scripts/fuzz_parsers.py [-n 100000] [--parsers npy,zip,...] [--seed 1]
                                    [--asan] [--dsn DSN --sql-n 20000]
@@ -206,6 +209,141 @@ def run_merges(b):
     _gpt2_tokenizer().parse_merges(b)
 
 
+# ---------------------------------------------------------------------------
+# tokenizer construction from random and adversarial vocabularies
+# ---------------------------------------------------------------------------
+def _gpt2_alphabet():
+    """GPT-2's bytes_to_unicode: the characters merges.txt writes bytes as."""
+    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    chars, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + n)
+            n += 1
+    return chars
+
+
+ALPHABET = _gpt2_alphabet()
+_GPT2_TOKENS = []
+
+
+def _gpt2_tokens():
+    """GPT-2's tokens as bytes, by id."""
+    if not _GPT2_TOKENS:
+        vocab = json.load(open(os.path.join(DATA, "gpt2", "vocab.json"), encoding="utf-8"))
+        inv = {c: b for b, c in ALPHABET.items()}
+        _GPT2_TOKENS.extend(bytes(inv.get(ch, 63) for ch in k) for k in sorted(vocab, key=vocab.get))
+    return _GPT2_TOKENS
+
+
+def vocabulary(rng: random.Random):
+    """A random or adversarial vocabulary: (tokens, special flags, kind)."""
+    kind = rng.choice(("chain", "explosion", "random", "duplicates", "huge", "empty", "gpt2", "mixed"))
+    tokens = [bytes([b]) for b in range(256)]
+    if rng.random() < 0.05:                       # not byte-level: must be refused
+        tokens = [t for t in tokens if rng.random() < 0.9]
+    if kind in ("chain", "mixed"):                # every prefix and suffix a token
+        letter = bytes([rng.randrange(256)])
+        tokens += [letter * k for k in range(2, rng.choice((10, 60, 300)) if rng.random() > 0.01 else 1500)]
+    if kind in ("explosion", "mixed"):            # all strings over a tiny alphabet
+        import itertools
+        alpha = bytes(rng.sample(range(256), rng.choice((2, 3))))
+        for n in range(2, rng.choice((4, 6, 8)) if rng.random() > 0.01 else 10):
+            tokens += [bytes(p) for p in itertools.product(alpha, repeat=n)]
+    if kind in ("random", "mixed"):
+        tokens += [rng.randbytes(rng.randrange(0, 40)) for _ in range(rng.randrange(1, rng.choice((50, 500, 3000))))]
+    if kind == "duplicates":
+        tokens += [rng.choice(tokens) for _ in range(rng.randrange(1, 500))]
+    if kind == "huge":
+        big = rng.randbytes(64) * rng.choice((1, 10, 100, 4000))
+        tokens += [big, big[:len(big) // 2], big[len(big) // 2:], big + big]
+    if kind == "empty":
+        tokens += [b""] * rng.randrange(1, 20) + [b"<|endoftext|>", b"<|x|>"]
+    if kind == "gpt2":
+        tokens += _gpt2_tokens()[256:256 + rng.choice((100, 1000, 5000))]
+    if rng.random() < 0.5:                        # ids in any order
+        head = rng.randrange(len(tokens))
+        part = tokens[head:]
+        rng.shuffle(part)
+        tokens = tokens[:head] + part
+    rare = 0.01 if rng.random() < 0.5 else 0.0
+    special = [1 if (t.startswith(b"<|") or (len(t) != 1 and rng.random() < rare)) else 0 for t in tokens]
+    return tokens, special, kind
+
+
+def merges_text(rng, tokens):
+    """merges.txt lines over the vocabulary: real splits, pairs whose merge
+    is no token, cycles, repeats, tokens it lacks and broken lines."""
+    enc = [("".join(ALPHABET[b] for b in t)) for t in tokens if 0 < len(t) < 200]
+    lines = ["#version: 0.2"]
+    for _ in range(rng.randrange(0, 200)):
+        r = rng.random()
+        if r < 0.5 and enc:
+            t = rng.choice(enc)
+            k = rng.randrange(1, max(len(t), 2))
+            lines.append(f"{t[:k]} {t[k:]}" if len(t) > 1 else f"{t} {t}")
+        elif r < 0.7 and enc:
+            a, b = rng.choice(enc), rng.choice(enc)
+            lines += [f"{a} {b}", f"{b} {a}", f"{a}{b} {a}"]          # cycles
+        elif r < 0.8 and len(lines) > 1:
+            lines.append(rng.choice(lines[1:]))                      # repeats
+        elif r < 0.9:
+            lines.append("zz\u00ff\u0100 qq")                        # tokens it lacks
+        else:
+            lines.append(rng.choice(("", "a", "a b c", " ", "\u0100\u0100 ")))
+    return "\n".join(lines).encode()
+
+
+def run_bpe_case(rng):
+    """Build a tokenizer from a generated vocabulary, encode, parse merges.
+    Returns 'ok' or 'refused'; anything but ValueError is a bug."""
+    tokens, special, _ = vocabulary(rng)
+    data = np.frombuffer(b"".join(tokens) or b"\0", np.uint8).copy()
+    offsets = np.zeros(len(tokens) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(t) for t in tokens])
+    try:
+        tok = K.Tokenizer(data, offsets, np.array(special, np.uint8))
+    except ValueError:
+        return "refused"
+    sample = b"".join(rng.choice(tokens) for _ in range(rng.randrange(1, 30)))
+    for text in (sample, sample.decode("utf-8", "replace").encode(), rng.randbytes(50),
+                 b"Hello world", rng.choice(tokens) * rng.randrange(1, 8)):
+        ids = tok.encode(text)
+        assert tok.decode_bytes(ids) == text, "encode/decode is not a round trip"
+    try:
+        tok.parse_merges(merges_text(rng, tokens))
+    except ValueError:
+        pass
+    return "ok"
+
+
+def fuzz_bpe(n, seed=1, report=None, case_timeout=20.0):
+    """n generated vocabularies and merge lists; each case must finish
+    within case_timeout seconds (else the process exits: a hang).  Returns
+    ({outcome: count}, slowest case seconds)."""
+    import faulthandler
+    rng = random.Random(f"bpe:{seed}")
+    counts, slowest = {"ok": 0, "refused": 0}, 0.0
+    for i in range(n):
+        state = rng.getstate()
+        faulthandler.dump_traceback_later(case_timeout, exit=True)
+        t = time.perf_counter()
+        try:
+            counts[run_bpe_case(rng)] += 1
+        except Exception as e:          # noqa: BLE001 -- anything else is a bug
+            rng.setstate(state)
+            raise AssertionError(f"bpe case #{i} (seed {seed}): {type(e).__name__}: {e}; "
+                                 f"kind {vocabulary(rng)[2]}") from e
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        slowest = max(slowest, time.perf_counter() - t)
+        if report and (i + 1) % report == 0:
+            print(f"  bpe: {i + 1}/{n} (slowest case {slowest:.2f} s)", flush=True)
+    return counts, slowest
+
+
 PARSERS = {"npy": run_npy, "zip": run_zip, "inflate": run_inflate, "safetensors": run_safetensors,
            "vocab": run_vocab, "merges": run_merges}
 
@@ -255,10 +393,12 @@ def sql_fuzz(dsn, n, seed=1, server_dir=None, report=None):
     XX, and the server must not restart.  Returns {kind: calls}."""
     import psycopg
     rng = random.Random(f"sql:{seed}")
-    counts = {"tensors": 0, "weights files": 0, "tokenizer files": 0}
+    counts = {"tensors": 0, "weights files": 0, "tokenizer files": 0, "tokenizer rows": 0}
     corpus = seeds()
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("CREATE EXTENSION IF NOT EXISTS pg_llm")
+        # a case that hangs meets statement_timeout: 57014, counted as a failure
+        c.execute("SET statement_timeout = '20s'")
         started = c.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
         c.execute("SELECT llm_drop_model(model) FROM llm_model_config WHERE model = 'fuzz'")
         c.execute("SELECT llm_create_model('fuzz', 1, 1, 4, 4, 300, 1)")
@@ -269,8 +409,8 @@ def sql_fuzz(dsn, n, seed=1, server_dir=None, report=None):
             except psycopg.Error as e:
                 if c.broken or c.closed:
                     raise AssertionError(f"the server dropped the connection on {sql} {params!r:.300}")
-                if not e.sqlstate or e.sqlstate.startswith("XX"):
-                    raise AssertionError(f"internal error {e.sqlstate} on {sql} {params!r:.300}: {e}")
+                if not e.sqlstate or e.sqlstate.startswith("XX") or e.sqlstate == "57014":
+                    raise AssertionError(f"internal error or hang {e.sqlstate} on {sql} {params!r:.300}: {e}")
 
         for i in range(n):
             kind = rng.random()
@@ -290,6 +430,9 @@ def sql_fuzz(dsn, n, seed=1, server_dir=None, report=None):
                 os.chmod(path, 0o644)
                 call("SELECT pg_llm_import_npz(%s, 'fuzz', 1)", (path,))
                 counts["weights files"] += 1
+            elif kind < 0.9:
+                tokenizer_rows(c, rng, call)
+                counts["tokenizer rows"] += 1
             else:
                 which = rng.choice(("vocab", "merges"))
                 data = mutate(rng, rng.choice(corpus[which]), corpus[which])
@@ -305,6 +448,32 @@ def sql_fuzz(dsn, n, seed=1, server_dir=None, report=None):
         assert c.execute("SELECT pg_postmaster_start_time()").fetchone()[0] == started, "the server restarted"
         c.execute("SELECT llm_drop_model('fuzz')")
     return counts
+
+
+def tokenizer_rows(c, rng, call):
+    """A generated vocabulary and merge rows written straight into llm_vocab
+    and llm_merges, as an admin may -- ids with gaps or out of range, any
+    bytes -- then encoding with it."""
+    tokens, special, _ = vocabulary(rng)
+    ids, gap = [], 0
+    for i in range(len(tokens)):                  # sometimes with gaps, some far out
+        if rng.random() < 0.002:
+            gap += rng.choice((1, 1000, 2 ** 24))
+        ids.append(i + gap)
+    c.execute("DELETE FROM llm_merges WHERE model = 'fuzz'")
+    c.execute("DELETE FROM llm_vocab WHERE model = 'fuzz'")
+    with c.cursor().copy("COPY llm_vocab (model, token_id, token, special) FROM STDIN") as cp:
+        for i, t, sp in zip(ids, tokens, special):
+            cp.write_row(("fuzz", i, t, bool(sp)))
+    merges = [(r, rng.choice((-1, 0, 5, len(tokens), 2 ** 31 - 1)), rng.randrange(-5, len(tokens) + 5),
+               rng.randrange(len(tokens) + 5)) for r in range(rng.randrange(1, 20))]
+    with c.cursor().copy("COPY llm_merges (model, rank, left_id, right_id, merged_id) FROM STDIN") as cp:
+        for m in merges:
+            cp.write_row(("fuzz",) + m)
+    c.execute("UPDATE llm_model_config SET tokenizer_version = nextval('llm_model_version_seq') "
+              "WHERE model = 'fuzz'")
+    text = b"".join(rng.choice(tokens) for _ in range(rng.randrange(1, 20))).decode("utf-8", "replace")
+    call("SELECT llm_encode(%s, 'fuzz')", (text.replace("\x00", ""),))
 
 
 # ---------------------------------------------------------------------------
@@ -390,7 +559,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=100000, help="inputs per parser")
-    ap.add_argument("--parsers", default=",".join(PARSERS))
+    ap.add_argument("--parsers", default=",".join(list(PARSERS) + ["bpe"]))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--asan", action="store_true")
     ap.add_argument("--dsn", help="also fuzz through this server (tensors, weights and tokenizer files)")
@@ -407,6 +576,12 @@ def main(argv=None):
     print(f"kernels: {K.__file__}")
     for name in a.parsers.split(","):
         t = time.time()
+        if name == "bpe":
+            counts, slowest = fuzz_bpe(a.n, a.seed, report=max(a.n // 10, 1))
+            print(f"bpe: {a.n} vocabularies and merge lists, {counts['ok']} built, {counts['refused']} "
+                  f"refused, no crash, no hang (slowest case {slowest:.2f} s; {time.time() - t:.0f} s)",
+                  flush=True)
+            continue
         ok, rejected = fuzz(name, a.n, a.seed, report=max(a.n // 4, 1))
         print(f"{name}: {a.n} inputs, {ok} parsed, {rejected} rejected, no crash ({time.time() - t:.0f} s)",
               flush=True)

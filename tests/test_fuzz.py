@@ -37,3 +37,14 @@ def test_seeds_are_valid():
 def test_server_survives_mutants(pg_dsn, server_dir):
     counts = fuzz_parsers.sql_fuzz(pg_dsn, 1500, seed=3, server_dir=server_dir)
     assert sum(counts.values()) == 1500 and min(counts.values()) > 100
+
+
+def test_tokenizer_construction_survives_generated_vocabularies():
+    """Random and adversarial vocabularies and merge lists (pair explosions,
+    prefix chains, duplicates, huge and empty tokens, cycles): each builds a
+    tokenizer or is refused, encodes round trip, and finishes (a hang makes
+    the watchdog end the process).  100,000 of them under AddressSanitizer:
+        python scripts/fuzz_parsers.py --asan --parsers bpe -n 100000"""
+    counts, slowest = fuzz_parsers.fuzz_bpe(1500, seed=2)
+    assert counts["ok"] > 1000 and counts["refused"] > 0
+    print(f"\nbpe: {counts}, slowest case {slowest:.2f} s")

@@ -498,12 +498,14 @@ pgllm_open_server_file(const char *path, int64 *size)
 	{
 		int			err = errno;
 
+		if (err == ELOOP)
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("\"%s\" is a symbolic link, not a regular file", path),
+					 errhint("pg_llm reads regular files only; give the path of the file itself.")));
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 err == ELOOP ?
-				 errmsg("could not open file \"%s\" for reading: it is a symbolic link", path) :
-				 errmsg("could not open file \"%s\" for reading: %m", path),
-				 err == ELOOP ? errhint("pg_llm reads regular files only; give the path of the file itself.") : 0));
+				 errmsg("could not open file \"%s\" for reading: %m", path)));
 	}
 	if (fstat(fd, &st) < 0)
 		ereport(ERROR,

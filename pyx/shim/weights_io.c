@@ -39,6 +39,7 @@ typedef struct WeightEntry
 } WeightEntry;
 
 #define MAX_CD_BYTES ((int64) 256 * 1024 * 1024)
+#define NPY_HEAD_MAX ((int64) 65536)
 
 static void bad_file(const char *path, const char *what) pg_attribute_noreturn();
 
@@ -136,35 +137,36 @@ npz_entries(int fd, const char *path, int64 size, int *count)
 		e->crc = z.crc32;
 		if (e->offset > size || e->csize > size - e->offset)
 			bad_file(path, "a member extends past the end of the file (truncated?)");
-		/* the .npy header: read directly when stored, else inflate the member */
+		/*
+		 * The .npy header (at most 64 kB): read directly when stored, else
+		 * inflated from the start of the member -- a member is inflated
+		 * whole only when its tensor is read.
+		 */
+		head = palloc(NPY_HEAD_MAX);
 		if (z.method == 0)
 		{
-			head_len = Min(e->csize, (int64) 65536);
-			head = palloc(Max(head_len, 1));
+			head_len = Min(e->csize, NPY_HEAD_MAX);
 			pgllm_read_exact(fd, path, e->offset, head, head_len);
 		}
 		else
 		{
-			uint8	   *comp;
+			int64		clen = Min(e->csize, 4 * NPY_HEAD_MAX);
+			uint8	   *comp = palloc(Max(clen, 1));
+			int			rc;
 
-			if (e->usize > (int64) MaxAllocHugeSize || e->csize > (int64) MaxAllocHugeSize)
-				bad_file(path, "a member is too large");
-			comp = pgllm_alloc_bytes(Max(e->csize, 1), "a compressed tensor");
-			pgllm_read_exact(fd, path, e->offset, comp, e->csize);
-			head_len = e->usize;
-			head = pgllm_alloc_bytes(Max(head_len, 1), "an inflated tensor");
-			if (inflate_member(comp, e->csize, head, head_len) != PGLLM_OK)
+			pgllm_read_exact(fd, path, e->offset, comp, clen);
+			PGLLM_RESTARTABLE(rc, rc = pgllm_inflate_head(comp, clen, head, Min(e->usize, NPY_HEAD_MAX),
+														  &head_len, pgllm_cancel));
+			if (rc == PGLLM_EFORMAT)
 				bad_file(path, "a compressed member is corrupt");
-			pgllm_free(comp, Max(e->csize, 1));
+			pgllm_kernel_status(rc, "inflate");
+			pfree(comp);
 		}
 		if (pgllm_npy_parse_header(head, head_len, &data_off, &e->is_f32, &e->fortran,
 								   e->shape, &e->ndim) != PGLLM_OK)
 			bad_file(path, "a member has no valid .npy header");
 		e->data_skip = data_off;
-		if (z.method == 0)
-			pfree(head);
-		else
-			pgllm_free(head, Max(head_len, 1));
+		pfree(head);
 	}
 	*count = (int) n;
 	return entries;
@@ -623,7 +625,7 @@ pg_llm_export_npz(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not create file \"%s\": %m", tmp_path),
-				 (err == EEXIST || err == ELOOP) ?
+				 err == EEXIST ?
 				 errhint("Something is already at that temporary path (a file or a link): pg_llm never writes through it. Remove it, or export elsewhere.") : 0));
 	}
 	PG_TRY();

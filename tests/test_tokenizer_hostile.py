@@ -1,0 +1,178 @@
+"""Tokenizers built from any vocabulary -- a file, text a client sends, or
+rows an admin writes straight into llm_vocab and llm_merges -- are bounded:
+every table is sized from a count, the build is linear in the vocabulary's
+bytes (no pair table to fill, no probe loop without end), it answers
+cancel and statement_timeout, and bad rows are clear errors.  Random
+vocabularies still encode exactly as tiktoken does with the same ranks.
+(The fuzzing of the construction: scripts/fuzz_parsers.py --parsers bpe.)
+"""
+import os
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psycopg
+import pytest
+
+from helpers import Runner, assert_sql_error, create_model, sql_value
+from pg_llm_cy import _kernels as K
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def arrays(tokens, special=None):
+    data = b"".join(tokens)
+    offsets = np.zeros(len(tokens) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(t) for t in tokens])
+    sp = np.zeros(len(tokens), np.uint8) if special is None else np.array(special, np.uint8)
+    return np.frombuffer(data, np.uint8).copy() if data else np.zeros(1, np.uint8), offsets, sp
+
+
+def chain(n, letter=b"a"):
+    """The 256 byte tokens, then letter * 2 .. letter * n: every prefix and
+    suffix of each is a token (a pair explosion: n^2 / 2 splits)."""
+    return [bytes([b]) for b in range(256)] + [letter * k for k in range(2, n + 1)]
+
+
+def test_the_pair_explosion_of_the_report():
+    """256 bytes + "a"*2 .. "a"*300 filled the old pair table, and then its
+    insertion probed forever; now the table is sized from the count."""
+    tiktoken = pytest.importorskip("tiktoken")
+    toks = chain(300)
+    tok = K.Tokenizer(*arrays(toks))
+    assert list(tok.encode("aa")) == [256]
+    assert list(tok.encode("a" * 300)) == [256 + 298]
+    ref = tiktoken.Encoding("chain", pat_str=GPT2_PATTERN,
+                            mergeable_ranks={t: i for i, t in enumerate(toks)}, special_tokens={})
+    for n in (301, 777, 1000):
+        assert list(tok.encode("a" * n)) == ref.encode_ordinary("a" * n)
+
+
+def test_build_is_linear_in_the_vocabulary():
+    """"a"*2 .. "a"*3000 (4.5 MB of tokens, 4.5 million splits): finishes in
+    a subprocess that a hang would not leave (the old construction hashed
+    every prefix and suffix: hours)."""
+    code = ("import numpy as np\nfrom pg_llm_cy import _kernels as K\n"
+            "toks = [bytes([b]) for b in range(256)] + [b'a' * k for k in range(2, 3001)]\n"
+            "data = np.frombuffer(b''.join(toks), np.uint8).copy()\n"
+            "off = np.zeros(len(toks) + 1, np.int64); off[1:] = np.cumsum([len(t) for t in toks])\n"
+            "t = K.Tokenizer(data, off, np.zeros(len(toks), np.uint8))\n"
+            "assert list(t.encode('a' * 2999)) == [256 + 2997]\nprint('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(K.__file__)))   # the installed package
+    assert r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_vocabularies_encode_as_tiktoken(seed):
+    tiktoken = pytest.importorskip("tiktoken")
+    rng = random.Random(seed)
+    alphabet = rng.choice([b"ab", b"abc ", b"xyz!1 ", bytes(range(97, 105)) + b" "])
+    tokens = {bytes([b]) for b in range(256)}
+    while len(tokens) < 256 + rng.randrange(5, 300):
+        tokens.add(bytes(rng.choice(alphabet) for _ in range(rng.randrange(2, 9))))
+    order = list(tokens)
+    rng.shuffle(order)      # byte tokens anywhere: ranks are ids
+    tok = K.Tokenizer(*arrays(order))
+    ref = tiktoken.Encoding(f"rand{seed}", pat_str=GPT2_PATTERN,
+                            mergeable_ranks={t: i for i, t in enumerate(order)}, special_tokens={})
+    for _ in range(30):
+        text = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 80))).decode()
+        assert list(tok.encode(text)) == ref.encode_ordinary(text), (seed, text)
+
+
+def test_duplicates_empty_and_special_tokens():
+    toks = chain(4) + [b"aa", b"", b"<|x|>", b"aa"]       # "aa" three times, an empty token
+    special = [0] * (len(toks) - 2) + [1, 0]
+    tok = K.Tokenizer(*arrays(toks, special))
+    assert list(tok.encode("aaaa")) == [258]                # the lowest id of its bytes
+    assert list(tok.encode("<|x|>")) != [len(toks) - 2]     # special: never from text
+    with pytest.raises(ValueError, match="single-byte"):
+        K.Tokenizer(*arrays([b"a", b"b", b"ab"]))
+    data, off, sp = arrays(chain(3))
+    off[5] = off[4] - 1                                     # decreasing offsets
+    with pytest.raises(ValueError, match="inconsistent"):
+        K.Tokenizer(data, off, sp)
+
+
+# ---------------------------------------------------------------------------
+# rows written straight into the tables
+# ---------------------------------------------------------------------------
+def write_vocab(c, model, tokens, merges=((97, 97, 256),), bump=True):
+    c.execute("DELETE FROM llm_merges WHERE model = %s", (model,))
+    c.execute("DELETE FROM llm_vocab WHERE model = %s", (model,))
+    with c.cursor().copy("COPY llm_vocab (model, token_id, token) FROM STDIN") as cp:
+        for i, t in tokens:
+            cp.write_row((model, i, t))
+    for rank, (a, b, m) in enumerate(merges):
+        c.execute("INSERT INTO llm_merges VALUES (%s, %s, %s, %s, %s)", (model, rank, a, b, m))
+    if bump:
+        c.execute("UPDATE llm_model_config SET tokenizer_version = nextval('llm_model_version_seq') "
+                  "WHERE model = %s", (model,))
+
+
+@pytest.fixture(scope="module")
+def model(conn):
+    create_model(conn, "hostile", n_layer=1, n_head=1, d_model=8, n_positions=16, vocab=64)
+    yield "hostile"
+    conn.execute("SELECT llm_drop_model('hostile')")
+
+
+def test_rows_of_the_report_encode_in_time(conn, model):
+    write_vocab(conn, model, list(enumerate(chain(300))))
+    conn.execute("SET statement_timeout = '5s'")
+    try:
+        assert sql_value(conn, "SELECT llm_encode('aa', %s)", (model,)) == [256]
+        want = list(K.Tokenizer(*arrays(chain(300))).encode("a" * 1000))
+        assert sql_value(conn, "SELECT llm_encode(repeat('a', 1000), %s)", (model,)) == want
+    finally:
+        conn.execute("RESET statement_timeout")
+
+
+def test_hostile_rows_are_clear_errors(conn, model):
+    # ids with a gap
+    write_vocab(conn, model, [(i if i < 100 else i + 5, t) for i, t in enumerate(chain(20))])
+    assert_sql_error(conn, "SELECT llm_encode('aa', %s)", (model,), "22000",
+                     'the vocabulary of model "hostile" is not numbered 0 .. 274: it has no token 100')
+    # not byte-level
+    write_vocab(conn, model, [(0, b"a"), (1, b"b"), (2, b"ab")])
+    assert_sql_error(conn, "SELECT llm_encode('ab', %s)", (model,), "22000", "lacks single-byte tokens")
+    # merges whose ids lie outside the vocabulary: rows the encoder never follows
+    write_vocab(conn, model, list(enumerate(chain(5))), merges=[(-7, 10 ** 9, 2 ** 31 - 1), (1, 1, 1)])
+    assert sql_value(conn, "SELECT llm_encode('aaa', %s)", (model,)) == [257]
+    # duplicate bytes, empty and huge tokens
+    toks = chain(5) + [b"", b"aa", b"z" * 5_000_000]
+    write_vocab(conn, model, list(enumerate(toks)))
+    want = list(K.Tokenizer(*arrays(toks)).encode("aa zz"))
+    assert want == [256, 32, 122, 122]
+    assert sql_value(conn, "SELECT llm_encode('aa zz', %s)", (model,)) == want
+    assert sql_value(conn, "SELECT cardinality(llm_encode(repeat('z', 5000000), %s))", (model,)) == 1
+
+
+def test_building_answers_statement_timeout(pg_dsn, conn, model):
+    """A vocabulary of a million random tokens: reading and building it take
+    seconds; statement_timeout stops it within one."""
+    write_vocab(conn, model, [], merges=[(97, 97, 97)], bump=False)
+    conn.execute("INSERT INTO llm_vocab (model, token_id, token) "
+                 "SELECT %s, i, CASE WHEN i < 256 THEN set_byte('\\x00'::bytea, 0, i) "
+                 "ELSE decode(md5(i::text), 'hex') END FROM generate_series(0, 999999) i", (model,))
+    conn.execute("UPDATE llm_model_config SET tokenizer_version = nextval('llm_model_version_seq') "
+                 "WHERE model = %s", (model,))
+    t0 = time.perf_counter()
+    assert sql_value(conn, "SELECT llm_encode('x', %s)", (model,)) == [120]
+    full = time.perf_counter() - t0
+    conn.execute("UPDATE llm_model_config SET tokenizer_version = nextval('llm_model_version_seq') "
+                 "WHERE model = %s", (model,))
+    for timeout in (0.3, full * 0.8):   # in the rows' read, then in the build
+        if timeout > full:
+            continue
+        r = Runner(pg_dsn, "SELECT llm_encode('x', 'hostile')", [f"SET statement_timeout = '{int(timeout * 1000)}ms'"])
+        t0 = time.perf_counter()
+        r.start()
+        r.join(60)
+        assert isinstance(r.error, psycopg.errors.QueryCanceled), r.error or r.result
+        assert r.ended - t0 - timeout < 1.0, (timeout, r.ended - t0)
+        r.conn.close()
+    print(f"\nreading and building a tokenizer of 1M tokens: {full:.2f} s")
