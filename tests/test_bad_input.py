@@ -143,6 +143,7 @@ CALLS = {
     ("pg_llm_train_tick", ("text",)):
         ([MT], "SELECT pg_llm_train_begin('bi_train', " + ", ".join(TRAIN_HP) + ", 'bi', 1, 1e-8, 1)"),
     ("pg_llm_train_end", ("text",)): ([MT], None),
+    ("pg_llm_require_primary", ("text",)): (["'llm_checkpoint_save'"], None),
     ("pg_llm_transpose", ("bytea", "integer", "integer")): ([T(6), "2", "3"], None),
 }
 

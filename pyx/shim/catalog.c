@@ -13,6 +13,7 @@
  */
 #include "pg_llm.h"
 
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -57,6 +58,28 @@ pgllm_spi_exec(const char *sql, int nargs, const Oid *types, const Datum *values
 	if (rc != expect)
 		elog(ERROR, "pg_llm: internal statement failed (%s): %s", SPI_result_code_string(rc), sql);
 	return SPI_processed;
+}
+
+/* ---------------------------------------------------------------------------
+ * primaries and standbys
+ * ------------------------------------------------------------------------- */
+void
+pgllm_require_primary(const char *fn)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("%s cannot run on a standby: this server is read-only", fn),
+				 errhint("Run it on the primary; its changes reach the standbys by replication.")));
+}
+
+/* pg_llm_require_primary(fn text): the same check for functions in SQL */
+PG_FUNCTION_INFO_V1(pg_llm_require_primary);
+Datum
+pg_llm_require_primary(PG_FUNCTION_ARGS)
+{
+	pgllm_require_primary(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_VOID();
 }
 
 /* ---------------------------------------------------------------------------

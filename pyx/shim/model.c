@@ -633,6 +633,7 @@ pg_llm_create_model(PG_FUNCTION_ARGS)
 	float	   *params;
 	uint64		seed;
 
+	pgllm_require_primary("llm_create_model");
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -670,8 +671,10 @@ Datum
 pg_llm_drop_model(PG_FUNCTION_ARGS)
 {
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	int			spi = pgllm_spi_begin();
+	int			spi;
 
+	pgllm_require_primary("llm_drop_model");
+	spi = pgllm_spi_begin();
 	if (pgllm_spi_exec(psprintf("DELETE FROM %s WHERE model OPERATOR(pg_catalog.=) $1",
 								pgllm_table("llm_model_config")),
 					   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(name)},

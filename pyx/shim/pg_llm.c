@@ -24,7 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-PG_MODULE_MAGIC;
+PGLLM_MODULE_MAGIC;
 
 void		_PG_init(void);
 
@@ -63,11 +63,7 @@ _PG_init(void)
 							"Largest memory pg_llm buffers may take in a backend at once (activations, KV caches, training state), besides the model cache.",
 							NULL, &pgllm_max_memory_mb, 8192, 1, INT_MAX / 2,
 							PGC_SUSET, GUC_UNIT_MB, NULL, NULL, NULL);
-#if PG_VERSION_NUM >= 150000
-	MarkGUCPrefixReserved("pg_llm");
-#else
-	EmitWarningsOnPlaceholders("pg_llm");
-#endif
+	pgllm_reserve_guc_prefix("pg_llm");
 }
 
 /* ---------------------------------------------------------------------------
@@ -416,7 +412,7 @@ ReturnSetInfo *
 pgllm_materialized_srf(FunctionCallInfo fcinfo)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-#if PG_VERSION_NUM >= 150000
+#if PGLLM_HAVE_INIT_MATERIALIZED_SRF
 	InitMaterializedSRF(fcinfo, 0);
 #else
 	TupleDesc	tupdesc;

@@ -11,6 +11,7 @@
 #include "postgres.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "pg_compat.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/memutils.h"
@@ -166,6 +167,9 @@ extern int	pgllm_spi_begin(void);
 extern void pgllm_spi_end(int level);
 extern uint64 pgllm_spi_exec(const char *sql, int nargs, const Oid *types, const Datum *values,
 							 const char *nulls, bool read_only, long limit, int expect);
+
+/* ERROR (25006) on a standby: fn changes the database, the primary's job */
+extern void pgllm_require_primary(const char *fn);
 
 /* schema-qualified name of one of the extension's tables ("llm_param" ->
  * "\"public\".llm_param"), immune to search_path */

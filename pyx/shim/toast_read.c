@@ -22,9 +22,6 @@
 #include "storage/bufmgr.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
-#if PG_VERSION_NUM >= 160000
-#include "varatt.h"
-#endif
 
 bool
 pgllm_toast_external(Datum d, Oid *toastrelid, Oid *valueid, int64 *size)

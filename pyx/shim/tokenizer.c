@@ -285,11 +285,13 @@ clear_rows(const char *table, const char *model)
 	return n;
 }
 
+/* a tokenizer loader's model: on the primary, and existing */
 static void
-require_model(const char *model)
+require_model(const char *model, const char *fn)
 {
 	PgllmGPT2Config cfg;
 
+	pgllm_require_primary(fn);
 	pgllm_model_config(model, &cfg, NULL);	/* ERROR if it does not exist */
 }
 
@@ -308,7 +310,7 @@ load_vocab(const char *model, const uint8 *content, int64 len, const char *sourc
 	int64		i;
 	int			spi;
 
-	require_model(model);
+	require_model(model, "loading a vocabulary");
 	rc = pgllm_parse_vocab_json(content, len, &n, &nbytes, NULL, NULL, NULL, &pos);
 	if (rc == PGLLM_OK)
 	{
@@ -386,7 +388,7 @@ load_merges(const char *model, const uint8 *content, int64 len, const char *sour
 	int			rc,
 				spi;
 
-	require_model(model);
+	require_model(model, "loading merges");
 
 	/*
 	 * resolve the merges' tokens with the model's vocabulary; not read_only,

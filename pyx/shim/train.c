@@ -181,6 +181,7 @@ state_get(const char *model)
 static TrainState *
 require_run(const char *model)
 {
+	pgllm_require_primary("training");
 	if (ts == NULL || strcmp(ts->model, model) != 0 || ts->train.n_rows == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -551,6 +552,7 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 	char	   *dataset;
 	TrainHP		hp;
 
+	pgllm_require_primary("training");
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -918,6 +920,7 @@ pg_llm_train_step(PG_FUNCTION_ARGS)
 				clip = arg_f8(fcinfo, 8, 0.0);
 	double		loss;
 
+	pgllm_require_primary("llm_train_step");
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -1096,6 +1099,7 @@ pg_llm_dataset_from_text(PG_FUNCTION_ARGS)
 	int			spi;
 	SPIPlanPtr	plan;
 
+	pgllm_require_primary("llm_dataset_from_text");
 	if (bs < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

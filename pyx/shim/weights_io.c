@@ -41,7 +41,7 @@ typedef struct WeightEntry
 #define MAX_CD_BYTES ((int64) 256 * 1024 * 1024)
 #define NPY_HEAD_MAX ((int64) 65536)
 
-static void bad_file(const char *path, const char *what) pg_attribute_noreturn();
+pg_noreturn static void bad_file(const char *path, const char *what);
 
 static void
 bad_file(const char *path, const char *what)
@@ -341,6 +341,7 @@ pg_llm_import_npz(PG_FUNCTION_ARGS)
 			   *tmp;
 	int			nparams;
 
+	pgllm_require_primary("pg_llm_import_npz");
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
