@@ -65,7 +65,7 @@ SELECT llm_dataset_from_text('bard',
            'Whether tis nobler in the mind to suffer the slings and arrows of outrageous fortune. ', 20),
     block_size => 32, val_fraction => 0.2, dataset => 'hamlet') AS blocks;
 SELECT round(loss::numeric, 3) AS hamlet_val_loss_before FROM llm_evaluate('bard', 'val', 'hamlet');
-SELECT round(llm_train('bard', 60, batch_size => 4, block_size => 32, learning_rate => 1e-3,
+SELECT round(llm_train('bard', 100, batch_size => 4, block_size => 32, learning_rate => 1e-3,
                        min_lr => 1e-3, warmup_iters => 0, eval_interval => 0,
                        dataset => 'hamlet')::numeric, 3)
        AS last_train_loss;

@@ -1,7 +1,8 @@
 """pg_llm's command line.
 
     python -m pg_llm_cy generate "Once upon a time" [--stream] [--model M] ...
-    python -m pg_llm_cy generate --interactive          # a prompt per line
+    python -m pg_llm_cy generate --interactive          # a prompt per line, /help for commands
+    python -m pg_llm_cy import-hf ./gpt2 --model gpt2-small   # a HuggingFace GPT-2, with its tokenizer
     python -m pg_llm_cy encode "some text"
     python -m pg_llm_cy decode 15496 995
     python -m pg_llm_cy models
@@ -13,6 +14,7 @@ The server comes from --dsn, else $PG_LLM_DSN, else libpq's environment
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -38,12 +40,14 @@ def _generation_args(p):
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--eos-token", type=int)
     p.add_argument("--stop", action="append", help="stop before this text (repeatable)")
+    p.add_argument("--truncate", action="store_true",
+                   help="keep the end of a prompt too long for the model's context")
 
 
 def _gen_kwargs(a):
     return dict(max_tokens=a.max_tokens, temperature=a.temperature, topk=a.topk, topp=a.topp,
                 model=a.model, seed=a.seed, repetition_penalty=a.repetition_penalty,
-                eos_token=a.eos_token, stop=a.stop)
+                eos_token=a.eos_token, stop=a.stop, truncate=a.truncate)
 
 
 def _run_generate(llm: Client, prompt: str, a, out) -> None:
@@ -57,25 +61,120 @@ def _run_generate(llm: Client, prompt: str, a, out) -> None:
     out.flush()
 
 
+# the interactive session's commands: /name value sets a generation setting
+SESSION_SETTINGS = {"temperature": ("temperature", float), "topk": ("topk", int), "topp": ("topp", float),
+                    "max": ("max_tokens", int), "max_tokens": ("max_tokens", int), "model": ("model", str),
+                    "seed": ("seed", int), "stream": ("stream", lambda v: v.lower() in ("on", "1", "true", "yes"))}
+SESSION_HELP = """commands:
+  /temperature 0.8   /topk 40   /topp 0.95   /max 100   /model NAME   /seed 1   /stream on|off
+  /settings          show them        /help   this        /quit   (or Ctrl-D)
+Ctrl-C stops the text being generated; the session goes on."""
+
+
+def _readline_history():
+    """Line editing and a history kept in ~/.pg_llm_history, where readline exists."""
+    try:
+        import atexit
+        import readline
+    except ImportError:
+        return
+    path = os.path.join(os.path.expanduser("~"), ".pg_llm_history")
+    try:
+        readline.read_history_file(path)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+    atexit.register(lambda: _save_history(readline, path))
+
+
+def _save_history(readline, path):
+    try:
+        readline.write_history_file(path)
+    except OSError:
+        pass
+
+
+def _session_command(line: str, a, out) -> bool:
+    """Run a /command; False for /quit."""
+    name, _, value = line[1:].strip().partition(" ")
+    if name in ("quit", "exit", "q"):
+        return False
+    if name in ("help", "?", ""):
+        out.write(SESSION_HELP + "\n")
+    elif name == "settings":
+        out.write("  ".join(f"{k} {getattr(a, k)}" for k in
+                            ("model", "temperature", "topk", "topp", "max_tokens", "seed", "stream")) + "\n")
+    elif name in SESSION_SETTINGS:
+        attr, conv = SESSION_SETTINGS[name]
+        try:
+            setattr(a, attr, conv(value.strip()) if value.strip() else None)
+            out.write(f"{attr} = {getattr(a, attr)}\n")
+        except ValueError:
+            out.write(f"/{name}: not a value: {value!r}\n")
+    else:
+        out.write(f"unknown command /{name}; /help lists them\n")
+    return True
+
+
+def interactive(llm: Client, a, stdin=sys.stdin, out=sys.stdout) -> int:
+    """A prompt per line until Ctrl-D or /quit.  An error is reported and the
+    session goes on (a lost connection is opened again); Ctrl-C stops the
+    generation under way (psycopg cancels the statement) or clears the line."""
+    tty = stdin.isatty()
+    if tty:
+        _readline_history()
+        out.write("pg_llm: type a prompt and press Enter; /help for commands, Ctrl-D to quit\n")
+    while True:
+        try:
+            if tty:
+                line = input("> ")
+            else:
+                line = stdin.readline()
+                if not line:
+                    return 0
+                line = line.rstrip("\n")
+        except EOFError:
+            out.write("\n")
+            return 0
+        except KeyboardInterrupt:
+            out.write("\n")
+            continue
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            if not _session_command(line, a, out):
+                return 0
+            continue
+        try:
+            _run_generate(llm, line, a, out)
+        except KeyboardInterrupt:
+            out.write("\n[stopped]\n")
+        except psycopg.Error as e:
+            out.write(f"error: {e.diag.message_primary or e}\n")
+            if e.diag.message_hint:
+                out.write(f"hint: {e.diag.message_hint}\n")
+        out.flush()
+        if llm.conn.closed or llm.conn.broken:
+            llm.reconnect()
+
+
 def cmd_generate(llm: Client, a) -> int:
     if a.interactive:
-        out = sys.stdout
-        if sys.stdin.isatty():
-            out.write("pg_llm: type a prompt and press Enter (Ctrl-D to quit)\n")
-        while True:
-            if sys.stdin.isatty():
-                out.write("> ")
-                out.flush()
-            line = sys.stdin.readline()
-            if not line:
-                return 0
-            prompt = line.rstrip("\n")
-            if prompt:
-                _run_generate(llm, prompt, a, out)
+        return interactive(llm, a)
     if a.prompt is None:
         print("generate: give a prompt, or --interactive", file=sys.stderr)
         return 2
     _run_generate(llm, a.prompt, a, sys.stdout)
+    return 0
+
+
+def cmd_import_hf(llm: Client, a) -> int:
+    from pg_llm_cy.hf_import import import_hf
+    r = import_hf(llm.conn, a.source, a.model, tokenizer=not a.no_tokenizer)
+    cfg = r["config"]
+    tok = f", tokenizer of {r['tokenizer'][0]} tokens and {r['tokenizer'][1]} merges" if r["tokenizer"] else ""
+    print(f"imported {r['params']:,} parameters into model {a.model} (n_layer {cfg.n_layer}, n_head {cfg.n_head}, "
+          f"n_embd {cfg.n_embd}, n_positions {cfg.n_positions}, vocab {cfg.vocab}){tok} from {r['path']}")
     return 0
 
 
@@ -140,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-tokens", type=int, default=32)
     b.add_argument("--length-penalty", type=float, default=1.0)
 
+    h = sub.add_parser("import-hf", help="a HuggingFace GPT-2 (directory, cached file or hub name) "
+                                        "into a model, with its tokenizer")
+    h.add_argument("source", help="a HuggingFace directory, a file in one, or a hub name (online)")
+    h.add_argument("--model", required=True, help="the model to create or replace")
+    h.add_argument("--no-tokenizer", action="store_true", help="leave the model's tokenizer as it is")
+
     e = sub.add_parser("encode", help="token ids of a text")
     e.add_argument("text")
     e.add_argument("--model")
@@ -177,6 +282,8 @@ def main(argv=None) -> int:
                 return 0
             if a.cmd == "train":
                 return cmd_train(llm, a)
+            if a.cmd == "import-hf":
+                return cmd_import_hf(llm, a)
             if a.cmd == "models":
                 for model, n_params, weights, tok in llm.models():
                     print(f"{model}\t{n_params}\tweights={'yes' if weights else 'no'}\t"

@@ -90,12 +90,21 @@ def default_dsn() -> str:
 class Client:
     def __init__(self, conn: "psycopg.Connection | str | None" = None, model: Optional[str] = None):
         if conn is None or isinstance(conn, str):
-            self.conn = psycopg.connect(conn if conn is not None else default_dsn(), autocommit=True)
+            self._dsn = conn if conn is not None else default_dsn()
+            self.conn = psycopg.connect(self._dsn, autocommit=True)
             self._own = True
         else:
+            self._dsn = None
             self.conn = conn
             self._own = False
         self.model = model
+
+    def reconnect(self):
+        """A new connection after the server closed this one (a restart, an
+        administrator's pg_terminate_backend)."""
+        if not self._own:
+            raise psycopg.OperationalError("the connection is lost, and it is not this client's own")
+        self.conn = psycopg.connect(self._dsn, autocommit=True)
 
     def close(self):
         if self._own:
@@ -113,33 +122,34 @@ class Client:
 
     @staticmethod
     def _gen_params(prompt, max_tokens, temperature, topk, topp, model, eos_token, seed,
-                    repetition_penalty, stop):
+                    repetition_penalty, stop, truncate):
         return (prompt, max_tokens, float(temperature), topk, float(topp), model, eos_token, seed,
-                float(repetition_penalty), list(stop) if stop is not None else None)
+                float(repetition_penalty), list(stop) if stop is not None else None, bool(truncate))
 
-    _GEN_SQL = ("%s, %s, %s::float8, %s, %s::float8, %s, %s, %s, %s::float8, %s::text[]")
+    _GEN_SQL = ("%s, %s, %s::float8, %s, %s::float8, %s, %s, %s, %s::float8, %s::text[], %s")
 
     # -- generation -------------------------------------------------------
     def generate(self, prompt: str, max_tokens: int = 64, temperature: float = 1.0, topk: int = 50,
                  topp: float = 0.95, model: Optional[str] = None, eos_token: Optional[int] = None,
                  seed: Optional[int] = None, repetition_penalty: float = 1.0,
-                 stop: Optional[Sequence[str]] = None) -> str:
-        """The text generated after prompt (temperature 0: greedy)."""
+                 stop: Optional[Sequence[str]] = None, truncate: bool = False) -> str:
+        """The text generated after prompt (temperature 0: greedy; truncate:
+        keep the end of a prompt too long for the model's context)."""
         params = self._gen_params(prompt, max_tokens, temperature, topk, topp, self._model(model),
-                                  eos_token, seed, repetition_penalty, stop)
+                                  eos_token, seed, repetition_penalty, stop, truncate)
         return self.conn.execute(f"SELECT llm_generate({self._GEN_SQL})", params).fetchone()[0]
 
     def stream(self, prompt: str, max_tokens: int = 64, temperature: float = 1.0, topk: int = 50,
                topp: float = 0.95, model: Optional[str] = None, eos_token: Optional[int] = None,
                seed: Optional[int] = None, repetition_penalty: float = 1.0,
-               stop: Optional[Sequence[str]] = None) -> Iterator[StreamEvent]:
+               stop: Optional[Sequence[str]] = None, truncate: bool = False) -> Iterator[StreamEvent]:
         """Yield tokens as the server produces them.
 
         llm_generate_stream is a value-per-call function: called in the SELECT
         list and read through a server-side cursor one row at a time, each row
         is computed when it is fetched."""
         params = self._gen_params(prompt, max_tokens, temperature, topk, topp, self._model(model),
-                                  eos_token, seed, repetition_penalty, stop)
+                                  eos_token, seed, repetition_penalty, stop, truncate)
         sql = ("SELECT (r).step, (r).token_id, (r).token, (r).text, (r).is_complete FROM "
                f"(SELECT llm_generate_stream({self._GEN_SQL}) AS r OFFSET 0) AS s")
         with self.conn.transaction():
@@ -157,10 +167,11 @@ class Client:
 
     def beam_search(self, prompt: str, beam_width: int = 4, max_tokens: int = 32,
                     model: Optional[str] = None, length_penalty: float = 1.0,
-                    eos_token: Optional[int] = None) -> list:
+                    eos_token: Optional[int] = None, truncate: bool = False) -> list:
         rows = self.conn.execute(
-            "SELECT rank, score, token_ids, text FROM llm_beam_search(%s, %s, %s, %s, %s::float8, %s)",
-            (prompt, beam_width, max_tokens, self._model(model), float(length_penalty), eos_token),
+            "SELECT rank, score, token_ids, text FROM llm_beam_search(%s, %s, %s, %s, %s::float8, %s, %s)",
+            (prompt, beam_width, max_tokens, self._model(model), float(length_penalty), eos_token,
+             bool(truncate)),
         ).fetchall()
         return [Beam(*r) for r in rows]
 

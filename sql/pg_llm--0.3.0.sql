@@ -304,29 +304,29 @@ CREATE FUNCTION @extschema@.llm_generate(prompt text, max_tokens int DEFAULT 64,
                              topk int DEFAULT 50, topp float8 DEFAULT 0.95,
                              model_name text DEFAULT NULL, eos_token int DEFAULT NULL,
                              seed int DEFAULT NULL, repetition_penalty float8 DEFAULT 1.0,
-                             stop text[] DEFAULT NULL)
+                             stop text[] DEFAULT NULL, truncate bool DEFAULT false)
 RETURNS text
 AS 'MODULE_PATHNAME', 'pg_llm_generate' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.llm_generate(text, int, float8, int, float8, text, int, int, float8, text[])
-    IS 'the text generated after prompt: temperature 0 is greedy; topk 0 and topp 1 turn those filters off; the same seed gives the same text; stops at eos_token (NULL: the tokenizer''s <|endoftext|>; -1: none) or before a stop string';
+COMMENT ON FUNCTION @extschema@.llm_generate(text, int, float8, int, float8, text, int, int, float8, text[], bool)
+    IS 'the text generated after prompt: temperature 0 is greedy; topk 0 and topp 1 turn those filters off; the same seed gives the same text; stops at eos_token (NULL: the tokenizer''s <|endoftext|>; -1: none) or before a stop string; truncate keeps the last tokens of a prompt too long for the context';
 
 CREATE FUNCTION @extschema@.llm_generate_stream(prompt text, max_tokens int DEFAULT 64, temperature float8 DEFAULT 1.0,
                                     topk int DEFAULT 50, topp float8 DEFAULT 0.95,
                                     model_name text DEFAULT NULL, eos_token int DEFAULT NULL,
                                     seed int DEFAULT NULL, repetition_penalty float8 DEFAULT 1.0,
-                                    stop text[] DEFAULT NULL)
+                                    stop text[] DEFAULT NULL, truncate bool DEFAULT false)
 RETURNS TABLE (step int, token_id int, token text, text text, is_complete bool)
 AS 'MODULE_PATHNAME', 'pg_llm_generate_stream' LANGUAGE C VOLATILE ROWS 64;
-COMMENT ON FUNCTION @extschema@.llm_generate_stream(text, int, float8, int, float8, text, int, int, float8, text[])
+COMMENT ON FUNCTION @extschema@.llm_generate_stream(text, int, float8, int, float8, text, int, int, float8, text[], bool)
     IS 'llm_generate one row per token, each computed when fetched: call it in the SELECT list and read through a cursor to stream';
 
 CREATE FUNCTION @extschema@.llm_beam_search(prompt text, beam_width int DEFAULT 4, max_tokens int DEFAULT 32,
                                 model_name text DEFAULT NULL, length_penalty float8 DEFAULT 1.0,
-                                eos_token int DEFAULT NULL)
+                                eos_token int DEFAULT NULL, truncate bool DEFAULT false)
 RETURNS TABLE (rank int, score float8, token_ids int[], text text)
 AS 'MODULE_PATHNAME', 'pg_llm_beam_search' LANGUAGE C VOLATILE ROWS 4;
-COMMENT ON FUNCTION @extschema@.llm_beam_search(text, int, int, text, float8, int)
-    IS 'the beam_width best continuations by sum of log-probabilities / length^length_penalty';
+COMMENT ON FUNCTION @extschema@.llm_beam_search(text, int, int, text, float8, int, bool)
+    IS 'the beam_width best continuations by sum of log-probabilities / length^length_penalty; truncate keeps the last tokens of a prompt too long for the context';
 
 CREATE FUNCTION @extschema@.llm_perplexity(text text, model text DEFAULT NULL) RETURNS float8
 AS 'MODULE_PATHNAME', 'pg_llm_perplexity' LANGUAGE C STABLE;
@@ -440,7 +440,7 @@ CREATE FUNCTION @extschema@.llm_train(model text, n_steps int, batch_size int DE
                           gradient_accumulation_steps int DEFAULT 1, dropout float8 DEFAULT 0.0,
                           eval_interval int DEFAULT 100, eval_iters int DEFAULT 20,
                           seed int DEFAULT 1337, max_seconds float8 DEFAULT NULL,
-                          dataset text DEFAULT 'default', log_interval int DEFAULT 10,
+                          dataset text DEFAULT NULL, log_interval int DEFAULT 10,
                           eps float8 DEFAULT 1e-8)
 RETURNS float8
 LANGUAGE plpgsql VOLATILE
@@ -511,7 +511,7 @@ CREATE PROCEDURE @extschema@.llm_train_run(model text, n_steps int, batch_size i
                                gradient_accumulation_steps int DEFAULT 1, dropout float8 DEFAULT 0.0,
                                eval_interval int DEFAULT 100, eval_iters int DEFAULT 20,
                                seed int DEFAULT 1337, max_seconds float8 DEFAULT NULL,
-                               checkpoint_interval int DEFAULT 100, dataset text DEFAULT 'default',
+                               checkpoint_interval int DEFAULT 100, dataset text DEFAULT NULL,
                                log_interval int DEFAULT 10, eps float8 DEFAULT 1e-8)
 LANGUAGE plpgsql
 AS $$
@@ -551,7 +551,7 @@ AS 'MODULE_PATHNAME', 'pg_llm_gradients' LANGUAGE C STABLE;
 COMMENT ON FUNCTION @extschema@.llm_gradients(text, int[], int[])
     IS 'gradient of the mean loss on a batch, per parameter tensor (llm_param''s layout)';
 
-CREATE FUNCTION @extschema@.llm_evaluate(model text, split text DEFAULT 'val', dataset text DEFAULT 'default',
+CREATE FUNCTION @extschema@.llm_evaluate(model text, split text DEFAULT 'val', dataset text DEFAULT NULL,
                              OUT loss float8, OUT perplexity float8)
 AS 'MODULE_PATHNAME', 'pg_llm_evaluate' LANGUAGE C STABLE;
 COMMENT ON FUNCTION @extschema@.llm_evaluate(text, text, text) IS 'mean loss and perplexity over every block of a split';

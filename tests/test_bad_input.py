@@ -46,8 +46,8 @@ TRAIN_HP = ["1", "2", "8", "1e-3", "1e-4", "0", "10", "0.1", "0.9", "0.95", "1.0
 
 # (name, identity argument types) -> (argument expressions, setup statement or None)
 CALLS = {
-    ("llm_beam_search", ("text", "integer", "integer", "text", "double precision", "integer")):
-        (["'Hello'", "2", "3", M, "1.0", "-1"], None),
+    ("llm_beam_search", ("text", "integer", "integer", "text", "double precision", "integer", "boolean")):
+        (["'Hello'", "2", "3", M, "1.0", "-1", "true"], None),
     ("llm_checkpoint_load", ("text", "bigint")):
         ([MT, "(SELECT max(id) FROM llm_checkpoint WHERE model = 'bi_train')"],
          "SELECT llm_checkpoint_save('bi_train', 'to load')"),
@@ -63,11 +63,11 @@ CALLS = {
     ("llm_encode", ("text", "text")): (["'Hello world'", M], None),
     ("llm_evaluate", ("text", "text", "text")): ([M, "'val'", M], None),
     ("llm_generate", ("text", "integer", "double precision", "integer", "double precision", "text", "integer",
-                      "integer", "double precision", "text[]")):
-        (["'Hello'", "4", "0.8", "10", "0.9", M, "-1", "1", "1.1", "ARRAY['zzz']"], None),
+                      "integer", "double precision", "text[]", "boolean")):
+        (["'Hello'", "4", "0.8", "10", "0.9", M, "-1", "1", "1.1", "ARRAY['zzz']", "true"], None),
     ("llm_generate_stream", ("text", "integer", "double precision", "integer", "double precision", "text",
-                             "integer", "integer", "double precision", "text[]")):
-        (["'Hello'", "4", "0.8", "10", "0.9", M, "-1", "1", "1.1", "ARRAY['zzz']"], None),
+                             "integer", "integer", "double precision", "text[]", "boolean")):
+        (["'Hello'", "4", "0.8", "10", "0.9", M, "-1", "1", "1.1", "ARRAY['zzz']", "true"], None),
     ("llm_gradients", ("text", "integer[]", "integer[]")): ([M, "'{1,2,3}'::int[]", "'{2,3,4}'::int[]"], None),
     ("llm_logits", ("integer[]", "text")): (["'{1,2,3}'::int[]", M], None),
     ("llm_loss", ("text", "integer[]", "integer[]")): ([M, "'{1,2,3}'::int[]", "'{2,3,4}'::int[]"], None),

@@ -81,10 +81,47 @@ def test_batch_larger_than_data(conn):
 
 
 def test_empty_dataset(conn):
-    assert_sql_error(conn, "SELECT llm_train('err_train', 2, dataset => 'err_none')", (), "55000",
-                     'dataset "err_none" has no training rows')
-    assert_sql_error(conn, "CALL llm_train_run('err_train', 2, dataset => 'err_none')", (), "55000",
-                     "has no training rows")
+    assert_sql_error(conn, "SELECT llm_train('err_train', 2, dataset => 'err_none')", (), "42704",
+                     'training: dataset "err_none" does not exist')
+    assert_sql_error(conn, "CALL llm_train_run('err_train', 2, dataset => 'err_none')", (), "42704",
+                     'dataset "err_none" does not exist')
+    # the error lists the datasets there are
+    with pytest.raises(psycopg.errors.UndefinedObject) as e:
+        conn.execute("SELECT llm_train('err_train', 2, dataset => 'err_none')")
+    assert "The datasets: " in e.value.diag.message_detail and "err (" in e.value.diag.message_detail
+    # a dataset of val rows only has no training rows
+    conn.execute("INSERT INTO llm_dataset (dataset, tokens, target, split) "
+                 "VALUES ('err_valonly', '{1,2}', '{2,3}', 'val')")
+    try:
+        assert_sql_error(conn, "SELECT llm_train('err_train', 2, dataset => 'err_valonly')", (), "55000",
+                         'dataset "err_valonly" has no training rows')
+    finally:
+        conn.execute("DELETE FROM llm_dataset WHERE dataset = 'err_valonly'")
+
+
+def test_dataset_picked_when_none_is_named(conn):
+    """No dataset named: "default" if it exists, else the only dataset there
+    is, else an error that lists them."""
+    conn.execute("BEGIN")
+    try:
+        conn.execute("DELETE FROM llm_dataset")
+        conn.execute("SAVEPOINT s")
+        assert_sql_error(conn, "SELECT llm_train('err_train', 1)", (), "42704", "llm_dataset holds no data")
+        conn.execute("ROLLBACK TO s")
+        conn.execute("INSERT INTO llm_dataset (dataset, tokens, target) SELECT 'only', "
+                     "array_fill(i, ARRAY[8]), array_fill(i + 1, ARRAY[8]) FROM generate_series(1, 4) i")
+        assert sql_value(conn, "SELECT llm_train('err_train', 1, batch_size => 2, eval_interval => 0)") > 0
+        assert sql_value(conn, "SELECT loss FROM llm_evaluate('err_train', 'train')") > 0
+        conn.execute("INSERT INTO llm_dataset (dataset, tokens, target) VALUES ('other', '{1}', '{2}')")
+        conn.execute("SAVEPOINT s")
+        with pytest.raises(psycopg.errors.UndefinedObject) as e:
+            conn.execute("SELECT llm_train('err_train', 1, batch_size => 2)")
+        conn.execute("ROLLBACK TO s")
+        assert "name the dataset" in e.value.diag.message_primary
+        assert e.value.diag.message_detail == "The datasets: only (4 train, 0 val rows), other (1 train, 0 val rows)."
+        assert "dataset => '...'" in e.value.diag.message_hint
+    finally:
+        conn.execute("ROLLBACK")
 
 
 def test_ragged_or_foreign_rows(conn):
@@ -198,8 +235,8 @@ def test_train_step_hyper_parameters(conn, arg, value, expect):
 def test_evaluate(conn):
     assert_sql_error(conn, "SELECT * FROM llm_evaluate('err_train', 'test', 'err')", (), "22023",
                      "split must be 'train' or 'val'")
-    assert_sql_error(conn, "SELECT * FROM llm_evaluate('err_train', 'val', 'err_none')", (), "55000",
-                     'dataset "err_none" has no val rows')
+    assert_sql_error(conn, "SELECT * FROM llm_evaluate('err_train', 'val', 'err_none')", (), "42704",
+                     'llm_evaluate: dataset "err_none" does not exist')
     conn.execute("INSERT INTO llm_dataset (dataset, tokens, target) "
                  "VALUES ('err_long', array_fill(1, ARRAY[40]), array_fill(2, ARRAY[40]))")
     assert_sql_error(conn, "SELECT * FROM llm_evaluate('err_train', 'train', 'err_long')", (), "54000",

@@ -159,7 +159,7 @@ def test_perplexity(conn, gen_model):
 def test_generate_errors(conn, gen_model):
     create_model(conn, "gen_notok", d_model=16, n_layer=1, n_head=1, n_positions=16)
     checks = [
-        (GEN, ("x", 200, 0, 50, 1.0), "54000", "exceed the model's context of 96"),
+        (GEN, ("x", 200, 0, 50, 1.0), "54000", "max_tokens 200 leaves no room for a prompt in the model's context of 96 positions"),
         (GEN, ("x", -1, 0, 50, 1.0), "22023", "max_tokens must not be negative"),
         (GEN, ("x", 5, -0.5, 50, 1.0), "22023", "temperature must be"),
         (GEN, ("x", 5, 1.0, -1, 1.0), "22023", "topk must not be negative"),

@@ -126,7 +126,7 @@ def test_a_run_that_cannot_start_keeps_no_state(pg_dsn, mem):
     try:
         assert working_mb(c) == 0
         assert_sql_error(c, "SELECT llm_train('mem_train', 2, dataset => 'no-such-data')", (),
-                         "55000", "has no training rows")
+                         "42704", "does not exist")
         assert working_mb(c) == 0
         assert_sql_error(c, "SELECT llm_train('mem_train', 2, block_size => 2048, dataset => 'mem')",
                          (), "22023", "exceeds the model's context")

@@ -31,6 +31,7 @@ typedef struct GenParams
 	double		repetition_penalty;
 	char	  **stop;			/* stop strings (server encoding) */
 	int			nstop;
+	bool		truncate;		/* keep the end of a prompt too long for the context */
 } GenParams;
 
 typedef struct GenState
@@ -82,6 +83,7 @@ gen_params(FunctionCallInfo fcinfo, const char *fn, GenParams *p)
 	p->repetition_penalty = PG_ARGISNULL(8) ? 1.0 : PG_GETARG_FLOAT8(8);
 	p->stop = NULL;
 	p->nstop = 0;
+	p->truncate = PG_NARGS() > 10 && !PG_ARGISNULL(10) && PG_GETARG_BOOL(10);
 
 	if (p->max_tokens < 0)
 		ereport(ERROR,
@@ -172,17 +174,37 @@ resolve_eos(int32 eos, PgllmBPE *bpe, const PgllmGPT2Config *cfg, const char *fn
 	return eos;
 }
 
-static void
-check_context(int64 n_prompt, int64 max_tokens, const PgllmGPT2Config *cfg, const char *fn)
+/*
+ * The prompt and max_tokens must fit the model's context.  With truncate,
+ * a prompt too long keeps its last n_positions - max_tokens tokens (ids may
+ * then start in the middle of a word: the tokens are cut, not the text);
+ * otherwise the error says how to fit.  Returns the tokens kept.
+ */
+static int32 *
+fit_context(int32 *ids, int64 *n_prompt, int64 max_tokens, bool truncate,
+			const PgllmGPT2Config *cfg, const char *fn)
 {
-	if (n_prompt + max_tokens > cfg->n_positions)
+	int64		room = cfg->n_positions - max_tokens;
+
+	if (*n_prompt + max_tokens <= cfg->n_positions)
+		return ids;
+	if (room < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s: max_tokens %lld leaves no room for a prompt in the model's context of %lld positions",
+						fn, (long long) max_tokens, (long long) cfg->n_positions),
+				 errhint("Ask for at most %lld tokens.", (long long) cfg->n_positions - 1)));
+	if (!truncate)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("%s: the prompt's %lld tokens plus max_tokens %lld exceed the model's context of %lld positions",
-						fn, (long long) n_prompt, (long long) max_tokens,
+						fn, (long long) *n_prompt, (long long) max_tokens,
 						(long long) cfg->n_positions),
-				 errhint("Shorten the prompt or ask for at most %lld tokens.",
-						 (long long) Max(cfg->n_positions - n_prompt, 0))));
+				 errhint("Pass truncate => true to keep the prompt's last %lld tokens, ask for at most %lld tokens, or shorten the prompt.",
+						 (long long) room, (long long) Max(cfg->n_positions - *n_prompt, 0))));
+	ids += *n_prompt - room;
+	*n_prompt = room;
+	return ids;
 }
 
 /* ---------------------------------------------------------------------------
@@ -199,7 +221,7 @@ gen_start(GenState *g, const char *model_name, text *prompt, const char *fn)
 	g->bpe = pgllm_tokenizer_get(model_name);
 	g->p.eos = resolve_eos(g->p.eos, g->bpe, cfg, fn);
 	prompt_ids = prompt_tokens(g->bpe, prompt, g->p.eos, cfg, fn, &g->n_prompt);
-	check_context(g->n_prompt, g->p.max_tokens, cfg, fn);
+	prompt_ids = fit_context(prompt_ids, &g->n_prompt, g->p.max_tokens, g->p.truncate, cfg, fn);
 	g->kv_cap = Max(g->n_prompt + g->p.max_tokens, 1);
 	g->tokens = palloc(sizeof(int32) * g->kv_cap);
 	memcpy(g->tokens, prompt_ids, sizeof(int32) * g->n_prompt);
@@ -435,6 +457,7 @@ pg_llm_beam_search(PG_FUNCTION_ARGS)
 	char	   *model_name;
 	double		lp = PG_ARGISNULL(4) ? 1.0 : PG_GETARG_FLOAT8(4);
 	int32		eos = (PG_NARGS() > 5 && !PG_ARGISNULL(5)) ? PG_GETARG_INT32(5) : PGLLM_EOS_DEFAULT;
+	bool		truncate = PG_NARGS() > 6 && !PG_ARGISNULL(6) && PG_GETARG_BOOL(6);
 	PgllmModel *m;
 	const PgllmGPT2Config *cfg;
 	PgllmBPE   *bpe;
@@ -488,7 +511,7 @@ pg_llm_beam_search(PG_FUNCTION_ARGS)
 	bpe = pgllm_tokenizer_get(model_name);
 	eos = resolve_eos(eos, bpe, cfg, fn);
 	prompt_ids = prompt_tokens(bpe, prompt, eos, cfg, fn, &n_prompt);
-	check_context(n_prompt, max_tokens, cfg, fn);
+	prompt_ids = fit_context(prompt_ids, &n_prompt, max_tokens, truncate, cfg, fn);
 	if (beam > V)
 		beam = (int32) V;
 	kv_cap = n_prompt + max_tokens;

@@ -162,6 +162,8 @@ typedef struct PgllmModel
  * search_path pinned to "pg_catalog, pg_temp") and pgllm_spi_end(level).
  * pgllm_spi_exec runs one statement with parameters and returns the rows
  * processed; ERROR unless SPI answers `expect` (SPI_OK_SELECT, ...).
+ * Between the two, palloc takes SPI's memory, which goes at pgllm_spi_end:
+ * what must outlive the statement is allocated in the caller's context.
  */
 extern int	pgllm_spi_begin(void);
 extern void pgllm_spi_end(int level);
@@ -250,6 +252,27 @@ extern void pgllm_config_check(const PgllmGPT2Config *cfg, const char *fn);
 
 /* take a new version number for a model (after its parameters changed) */
 extern int64 pgllm_model_bump_version(const char *name);
+
+/* ---- datasets (dataset.c) ---- */
+
+/* the rows of one split of a dataset, in id order, in one counted buffer */
+typedef struct PgllmSplit
+{
+	int32	   *tokens;			/* n_rows x row_len */
+	int32	   *targets;		/* n_rows x row_len, in the same allocation */
+	int64		n_rows;
+	int64		row_len;
+	int64		alloc_bytes;
+} PgllmSplit;
+
+/* the dataset a call means: given (ERROR listing the datasets if it has no
+ * rows), or when NULL "default", else the only dataset there is */
+extern char *pgllm_dataset_resolve(const char *given, const char *fn);
+
+/* load a split into ctx (tokens checked against cfg); free it */
+extern void pgllm_split_load(const char *dataset, const char *split, PgllmSplit *out,
+							 MemoryContext ctx, const PgllmGPT2Config *cfg);
+extern void pgllm_split_free(PgllmSplit *s);
 
 /* ---- tokenizer (tokenizer.c) ---- */
 

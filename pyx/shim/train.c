@@ -49,15 +49,6 @@ typedef struct TrainHP
 	int32		checkpoint_interval;	/* write back every so many steps (0: at the end) */
 } TrainHP;
 
-typedef struct Split
-{
-	int32	   *tokens;			/* n_rows x row_len */
-	int32	   *targets;		/* n_rows x row_len, in the same allocation */
-	int64		n_rows;
-	int64		row_len;
-	int64		alloc_bytes;
-} Split;
-
 typedef struct TrainState
 {
 	MemoryContext ctx;
@@ -73,8 +64,8 @@ typedef struct TrainState
 	int64		step;			/* optimizer steps done (the model's train_step) */
 	/* the run */
 	TrainHP		hp;
-	Split		train;
-	Split		val;
+	PgllmSplit	train;
+	PgllmSplit	val;
 	float	   *acts;
 	int64		acts_bytes;
 	int64		acts_B;
@@ -199,14 +190,6 @@ require_run(const char *model)
  * data
  * ------------------------------------------------------------------------- */
 static void
-split_free(Split *s)
-{
-	if (s->tokens)
-		pgllm_free(s->tokens, s->alloc_bytes);
-	memset(s, 0, sizeof(Split));
-}
-
-static void
 acts_free(void)
 {
 	if (ts->acts)
@@ -216,102 +199,13 @@ acts_free(void)
 }
 
 /*
- * The rows of a dataset split, in id order, into one buffer counted against
- * pg_llm.max_memory_mb (sized from a count first, so that a too large
- * dataset is refused before anything is read) and fetched through a cursor
- * in batches, so that SPI never holds the whole split.
- */
-#define SPLIT_FETCH_ROWS 1024
-
-static void
-load_split(const char *dataset, const char *split, Split *out, MemoryContext ctx,
-		   const PgllmGPT2Config *cfg)
-{
-	const char *where = "WHERE dataset OPERATOR(pg_catalog.=) $1 AND split OPERATOR(pg_catalog.=) $2";
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2] = {CStringGetTextDatum(dataset), CStringGetTextDatum(split)};
-	bool		isnull;
-	int64		n,
-				len = -1,
-				r = 0;
-	Portal		portal;
-	int			spi;
-
-	memset(out, 0, sizeof(Split));
-	spi = pgllm_spi_begin();
-	pgllm_spi_exec(psprintf("SELECT pg_catalog.count(*) FROM %s %s", pgllm_table("llm_dataset"), where),
-				   2, types, values, NULL, true, 1, SPI_OK_SELECT);
-	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	portal = SPI_cursor_open_with_args(NULL,
-									   psprintf("SELECT tokens, target FROM %s %s ORDER BY id",
-												pgllm_table("llm_dataset"), where),
-									   2, types, values, NULL, true, CURSOR_OPT_NO_SCROLL);
-	for (;;)
-	{
-		uint64		k;
-
-		SPI_cursor_fetch(portal, true, SPLIT_FETCH_ROWS);
-		if (SPI_processed == 0)
-			break;
-		for (k = 0; k < SPI_processed; k++, r++)
-		{
-			int64		nt,
-						ng;
-			int32	   *tok = pgllm_int4_array(DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[k],
-																		   SPI_tuptable->tupdesc, 1, &isnull)),
-											   &nt, "llm_dataset.tokens");
-			int32	   *tgt = pgllm_int4_array(DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[k],
-																		   SPI_tuptable->tupdesc, 2, &isnull)),
-											   &ng, "llm_dataset.target");
-
-			if (len < 0)
-			{
-				MemoryContext old = MemoryContextSwitchTo(ctx);
-
-				len = nt;
-				out->row_len = len;
-				/* tokens and targets in one counted buffer */
-				if (len > 0 && n > (int64) (SIZE_MAX / 4) / (2 * (int64) sizeof(int32) * len))
-					ereport(ERROR,
-							(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-							 errmsg("dataset \"%s\" is too large to load", dataset)));
-				out->alloc_bytes = 2 * (int64) sizeof(int32) * len * Max(n, 1);
-				out->tokens = pgllm_alloc_bytes(out->alloc_bytes,
-												psprintf("the %s rows of dataset \"%s\"", split, dataset));
-				out->targets = out->tokens + len * Max(n, 1);
-				MemoryContextSwitchTo(old);
-			}
-			if (r >= n)
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("dataset \"%s\" changed while it was read", dataset)));
-			if (nt != len || ng != len)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATA_EXCEPTION),
-						 errmsg("the %s rows of dataset \"%s\" differ in length (%lld and %lld tokens)",
-								split, dataset, (long long) len, (long long) (nt != len ? nt : ng)),
-						 errhint("Every row of a dataset holds the same number of tokens.")));
-			pgllm_check_tokens(tok, nt, cfg, "training", "a dataset row");
-			pgllm_check_tokens(tgt, ng, cfg, "training", "a dataset row's targets");
-			memcpy(out->tokens + r * len, tok, sizeof(int32) * len);
-			memcpy(out->targets + r * len, tgt, sizeof(int32) * len);
-		}
-		SPI_freetuptable(SPI_tuptable);
-		CHECK_FOR_INTERRUPTS();
-	}
-	SPI_cursor_close(portal);
-	out->n_rows = r;
-	pgllm_spi_end(spi);
-}
-
-/*
  * Micro-batch `micro` (B sequences of T tokens) of optimizer step `step`:
  * sequence j = micro * B + b of the step takes a row and an offset drawn
  * from (seed, step, j), so B x accumulation sees the same data however it is
  * split into micro-batches.
  */
 static void
-sample_batch(const Split *s, int64 B, int64 T, uint64 seed, uint64 step, int64 micro,
+sample_batch(const PgllmSplit *s, int64 B, int64 T, uint64 seed, uint64 step, int64 micro,
 			 int32 *tok, int32 *tgt)
 {
 	int64		b;
@@ -496,16 +390,16 @@ start_run(const char *dataset, TrainHP *hp, bool block_size_null)
 	MemoryContext split_ctx;
 
 	/* the data: reloaded for every run */
-	split_free(&ts->train);
-	split_free(&ts->val);
+	pgllm_split_free(&ts->train);
+	pgllm_split_free(&ts->val);
 	split_ctx = ts->ctx;
-	load_split(dataset, "train", &ts->train, split_ctx, &ts->cfg);
+	pgllm_split_load(dataset, "train", &ts->train, split_ctx, &ts->cfg);
 	if (ts->train.n_rows == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("training: dataset \"%s\" has no training rows", dataset),
 				 errhint("Fill llm_dataset with llm_dataset_from_text or scripts/prepare_dataset.py.")));
-	load_split(dataset, "val", &ts->val, split_ctx, &ts->cfg);
+	pgllm_split_load(dataset, "val", &ts->val, split_ctx, &ts->cfg);
 	if (block_size_null)
 		hp->block_size = (int32) Min(ts->train.row_len, ts->cfg.n_positions);
 	if (hp->block_size > ts->cfg.n_positions)
@@ -551,6 +445,7 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 	char	   *model;
 	char	   *dataset;
 	TrainHP		hp;
+	PgllmGPT2Config hp_cfg;
 
 	pgllm_require_primary("training");
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
@@ -558,7 +453,9 @@ pg_llm_train_begin(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("training: model and n_steps must not be NULL")));
 	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	dataset = PG_ARGISNULL(18) ? pstrdup("default") : text_to_cstring(PG_GETARG_TEXT_PP(18));
+	pgllm_model_config(model, &hp_cfg, NULL);	/* ERROR if it does not exist */
+	dataset = pgllm_dataset_resolve(PG_ARGISNULL(18) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(18)),
+									"training");
 	memset(&hp, 0, sizeof(hp));
 	hp.n_steps = PG_GETARG_INT32(1);
 	hp.batch_size = arg_int(fcinfo, 2, 8);
@@ -1023,7 +920,7 @@ pg_llm_evaluate(PG_FUNCTION_ARGS)
 	char	   *split;
 	char	   *dataset;
 	PgllmModel *m;
-	Split		s;
+	PgllmSplit	s;
 	int64		B,
 				T,
 				r;
@@ -1039,13 +936,15 @@ pg_llm_evaluate(PG_FUNCTION_ARGS)
 				 errmsg("llm_evaluate: model must not be NULL")));
 	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	split = PG_ARGISNULL(1) ? pstrdup("val") : text_to_cstring(PG_GETARG_TEXT_PP(1));
-	dataset = PG_ARGISNULL(2) ? pstrdup("default") : text_to_cstring(PG_GETARG_TEXT_PP(2));
+
 	if (strcmp(split, "train") != 0 && strcmp(split, "val") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("llm_evaluate: split must be 'train' or 'val', got \"%s\"", split)));
 	m = pgllm_model_acquire(model);
-	load_split(dataset, split, &s, CurrentMemoryContext, &m->cfg);
+	dataset = pgllm_dataset_resolve(PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)),
+									"llm_evaluate");
+	pgllm_split_load(dataset, split, &s, CurrentMemoryContext, &m->cfg);
 	if (s.n_rows == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1074,83 +973,4 @@ pg_llm_evaluate(PG_FUNCTION_ARGS)
 	values[0] = Float8GetDatum(total / s.n_rows);
 	values[1] = Float8GetDatum(exp(total / s.n_rows));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
-}
-
-/* ---------------------------------------------------------------------------
- * llm_dataset_from_text(model, text, block_size, val_fraction, dataset) -> rows
- * ------------------------------------------------------------------------- */
-PG_FUNCTION_INFO_V1(pg_llm_dataset_from_text);
-Datum
-pg_llm_dataset_from_text(PG_FUNCTION_ARGS)
-{
-	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	text	   *t = PG_GETARG_TEXT_PP(1);
-	int32		bs = PG_GETARG_INT32(2);
-	double		val_fraction = PG_GETARG_FLOAT8(3);
-	char	   *dataset = text_to_cstring(PG_GETARG_TEXT_PP(4));
-	PgllmGPT2Config cfg;
-	PgllmBPE   *bpe;
-	int32	   *ids;
-	int64		n,
-				n_val,
-				n_train,
-				rows = 0;
-	int			rc;
-	int			spi;
-	SPIPlanPtr	plan;
-
-	pgllm_require_primary("llm_dataset_from_text");
-	if (bs < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("llm_dataset_from_text: block_size must be positive, got %d", bs)));
-	if (!(val_fraction >= 0 && val_fraction < 1))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("llm_dataset_from_text: val_fraction must lie in [0, 1), got %g", val_fraction)));
-	pgllm_model_config(model, &cfg, NULL);
-	if (bs > cfg.n_positions)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("llm_dataset_from_text: block_size %d exceeds the model's context of %lld positions",
-						bs, (long long) cfg.n_positions)));
-	bpe = pgllm_tokenizer_get(model);
-	ids = pgllm_encode_text(bpe, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), &n);
-	/* as nanoGPT: the first part trains, the last val_fraction validates */
-	n_val = (int64) floor(n * val_fraction);
-	n_train = n - n_val;
-	spi = pgllm_spi_begin();
-	plan = SPI_prepare(psprintf("INSERT INTO %s (dataset, tokens, target, split) "
-								"SELECT $1, $2[g * $3 + 1 : g * $3 + $3], $2[g * $3 + 2 : g * $3 + $3 + 1], $4 "
-								"FROM pg_catalog.generate_series(0::pg_catalog.int8, $5 - 1) AS g",
-								pgllm_table("llm_dataset")),
-					   5, (Oid[]) {TEXTOID, INT4ARRAYOID, INT4OID, TEXTOID, INT8OID});
-	if (plan == NULL)
-		elog(ERROR, "pg_llm: SPI_prepare failed");
-	for (int part = 0; part < 2; part++)
-	{
-		int32	   *start = part == 0 ? ids : ids + n_train;
-		int64		len = part == 0 ? n_train : n_val;
-		int64		blocks = len > bs ? (len - 1) / bs : 0;		/* each block needs bs+1 tokens */
-
-		if (blocks == 0)
-			continue;
-		rc = SPI_execute_plan(plan,
-							  (Datum[]) {CStringGetTextDatum(dataset),
-								  PointerGetDatum(pgllm_int4_array_result(start, len, "llm_dataset_from_text")),
-								  Int32GetDatum(bs),
-								  CStringGetTextDatum(part == 0 ? "train" : "val"),
-								  Int64GetDatum(blocks)},
-							  NULL, false, 0);
-		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "pg_llm: writing llm_dataset failed");
-		rows += SPI_processed;
-	}
-	pgllm_spi_end(spi);
-	if (rows == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("llm_dataset_from_text: the text's %lld tokens make no block of %d", (long long) n, bs),
-				 errhint("Give more text or a smaller block_size.")));
-	PG_RETURN_INT32((int32) rows);
 }
