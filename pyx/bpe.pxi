@@ -937,6 +937,19 @@ cdef public int64_t pgllm_bpe_decode(const PgllmBPE *bpe, const int32_t *ids, in
 # ---------------------------------------------------------------------------
 # vocab.json and merges.txt
 # ---------------------------------------------------------------------------
+cdef public uint32_t pgllm_gpt2_byte_char(uint8_t b) noexcept nogil:
+    """The character GPT-2's vocab.json and merges.txt write byte b as
+    (bytes_to_unicode): printable Latin-1 stands for itself, the other 68
+    bytes for U+0100.. in byte order."""
+    cdef int k, n = 0
+    if (33 <= b <= 126) or (161 <= b <= 172) or (174 <= b <= 255):
+        return b
+    for k in range(b):
+        if not ((33 <= k <= 126) or (161 <= k <= 172) or (174 <= k <= 255)):
+            n = n + 1
+    return 256 + n
+
+
 cdef inline int _byte_of_cp(uint32_t cp) noexcept nogil:
     """GPT-2's byte alphabet (bytes_to_unicode, inverted): printable Latin-1
     characters stand for themselves, the other 68 bytes for U+0100.. in

@@ -290,6 +290,8 @@ int			pgllm_bpe_encode(PgllmBPE *bpe, const uint8_t *text, int64_t len, int32_t 
 /* bytes of the decoded ids (-1 if an id is out of range) */
 int64_t		pgllm_bpe_decoded_len(const PgllmBPE *bpe, const int32_t *ids, int64_t n);
 int64_t		pgllm_bpe_decode(const PgllmBPE *bpe, const int32_t *ids, int64_t n, uint8_t *out);
+/* the character GPT-2's vocab.json writes byte b as (bytes_to_unicode) */
+uint32_t	pgllm_gpt2_byte_char(uint8_t b);
 /* id of a (mergeable) token given its bytes, or -1 */
 int32_t		pgllm_bpe_token_id(const PgllmBPE *bpe, const uint8_t *bytes, int64_t len);
 /* id of a special token (<|endoftext|>) given its bytes, or -1 */

@@ -48,6 +48,47 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.llm_checkpoint_param', '
 
 COMMENT ON TABLE @extschema@.llm_param IS 'model parameters, one row per tensor, HuggingFace GPT-2 names, float32 little-endian; linear weights as (out, in), the transpose of HuggingFace''s Conv1D';
 
+-- pg_gpt2's tokenizer tables, as read-only views of llm_vocab and llm_merges:
+-- token is the vocab.json key (GPT-2's byte alphabet), bytes its bytes
+CREATE FUNCTION @extschema@.pg_llm_bpe_token_text(token bytea, special bool DEFAULT false) RETURNS text
+AS 'MODULE_PATHNAME', 'pg_llm_bpe_token_text' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.pg_llm_bpe_token_text(bytea, bool)
+    IS 'a token as vocab.json writes it: each byte as a character of GPT-2''s byte alphabet (a special token: its own text)';
+
+CREATE VIEW @extschema@.llm_bpe_vocab AS
+SELECT v.model, v.token_id, @extschema@.pg_llm_bpe_token_text(v.token, v.special) AS token,
+       NULL::float4 AS score, v.token AS bytes
+  FROM @extschema@.llm_vocab v;
+COMMENT ON VIEW @extschema@.llm_bpe_vocab
+    IS 'pg_gpt2''s llm_bpe_vocab (model, token_id, token, score, bytes): read-only, over llm_vocab';
+
+CREATE VIEW @extschema@.llm_bpe_merges AS
+SELECT g.model, g.rank, @extschema@.pg_llm_bpe_token_text(l.token) AS "left",
+       @extschema@.pg_llm_bpe_token_text(r.token) AS "right",
+       @extschema@.pg_llm_bpe_token_text(l.token) OPERATOR(pg_catalog.||) ' '
+           OPERATOR(pg_catalog.||) @extschema@.pg_llm_bpe_token_text(r.token) AS pair
+  FROM @extschema@.llm_merges g
+  JOIN @extschema@.llm_vocab l ON l.model OPERATOR(pg_catalog.=) g.model AND l.token_id OPERATOR(pg_catalog.=) g.left_id
+  JOIN @extschema@.llm_vocab r ON r.model OPERATOR(pg_catalog.=) g.model AND r.token_id OPERATOR(pg_catalog.=) g.right_id;
+COMMENT ON VIEW @extschema@.llm_bpe_merges
+    IS 'pg_gpt2''s llm_bpe_merges (model, rank, left, right, pair): read-only, over llm_merges';
+
+-- writing through them is an error that says where tokenizers come from
+CREATE FUNCTION @extschema@.pg_llm_read_only_view() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION '% is a read-only view of pg_llm''s tokenizer tables', TG_TABLE_NAME
+          USING ERRCODE = 'feature_not_supported',
+                HINT = 'Load a tokenizer with pg_llm_load_bpe_vocab and pg_llm_load_bpe_merges (or their _text forms).';
+END
+$$;
+CREATE TRIGGER llm_bpe_vocab_read_only INSTEAD OF INSERT OR UPDATE OR DELETE ON @extschema@.llm_bpe_vocab
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.pg_llm_read_only_view();
+CREATE TRIGGER llm_bpe_merges_read_only INSTEAD OF INSERT OR UPDATE OR DELETE ON @extschema@.llm_bpe_merges
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.pg_llm_read_only_view();
+
 -- functions and views bound to pg_catalog (qualified names, pinned search_path)
 CREATE OR REPLACE VIEW @extschema@.llm_models AS
 SELECT c.model,
@@ -381,7 +422,7 @@ $$;
 -- data and checkpoint contents only by pgllm_admin
 GRANT SELECT ON @extschema@.llm_model_config, @extschema@.llm_param, @extschema@.llm_vocab,
                 @extschema@.llm_merges, @extschema@.llm_models, @extschema@.llm_train_log,
-                @extschema@.llm_checkpoint TO PUBLIC;
+                @extschema@.llm_checkpoint, @extschema@.llm_bpe_vocab, @extschema@.llm_bpe_merges TO PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON @extschema@.llm_model_config, @extschema@.llm_param,
                 @extschema@.llm_vocab, @extschema@.llm_merges, @extschema@.llm_dataset,
                 @extschema@.llm_train_log, @extschema@.llm_checkpoint,

@@ -144,6 +144,7 @@ CALLS = {
         ([MT], "SELECT pg_llm_train_begin('bi_train', " + ", ".join(TRAIN_HP) + ", 'bi', 1, 1e-8, 1)"),
     ("pg_llm_train_end", ("text",)): ([MT], None),
     ("pg_llm_require_primary", ("text",)): (["'llm_checkpoint_save'"], None),
+    ("pg_llm_bpe_token_text", ("bytea", "boolean")): (["'\\x48656c6c6f20'::bytea", "false"], None),
     ("pg_llm_transpose", ("bytea", "integer", "integer")): ([T(6), "2", "3"], None),
 }
 

@@ -60,3 +60,16 @@ def test_num_threads_setting(conn):
     conn.execute("set pg_llm.num_threads = 2")
     assert "threads 2;" in conn.execute("select pg_llm_info()").fetchone()[0]
     conn.execute("reset pg_llm.num_threads")
+
+
+def test_num_threads_is_capped_at_the_cpus(conn):
+    cpus = len(os.sched_getaffinity(0))
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+    try:
+        conn.execute("set pg_llm.num_threads = 100")
+        assert conn.execute("show pg_llm.num_threads").fetchone()[0] == str(cpus)
+        assert f"pg_llm.num_threads 100 is more than the {cpus} CPUs this server may use: set to {cpus}" in notices
+        assert f"threads {cpus};" in conn.execute("select pg_llm_info()").fetchone()[0]
+    finally:
+        conn.execute("reset pg_llm.num_threads")

@@ -182,3 +182,35 @@ def test_generate_errors(conn, gen_model):
     for q, params, state, fragment in checks:
         assert_sql_error(conn, q, params, state, fragment)
     assert sql_value(conn, "SELECT llm_generate(NULL, 5, model_name => 'gen')") is None
+
+
+def test_long_prompts_truncate(conn, gen_model):
+    """A prompt too long for the context: an error whose hint names
+    truncate with the right numbers; with truncate, its last
+    n_positions - max_tokens tokens are kept, in generate, the stream and
+    beam search (and the client)."""
+    prompt = " ".join(f"w{i}" for i in range(80))              # 160 tokens for a context of 96
+    n = len(sql_value(conn, "SELECT llm_encode(%s, 'gen')", (prompt,)))
+    assert n > 96
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded) as e:
+        conn.execute("SELECT llm_generate(%s, 10, 0, model_name => 'gen')", (prompt,))
+    assert e.value.diag.message_hint == ("Pass truncate => true to keep the prompt's last 86 tokens, ask for "
+                                         "at most 0 tokens, or shorten the prompt.")
+    ids = sql_value(conn, "SELECT llm_encode(%s, 'gen')", (prompt,))
+    kept = sql_value(conn, "SELECT llm_decode(%s, 'gen')", (ids[-86:],))
+    want = sql_value(conn, "SELECT llm_generate(%s, 10, 0, model_name => 'gen', eos_token => -1)", (kept,))
+    got = sql_value(conn, "SELECT llm_generate(%s, 10, 0, model_name => 'gen', eos_token => -1, truncate => true)",
+                    (prompt,))
+    assert got == want and len(got) > 0
+    streamed = sql_value(conn, "SELECT string_agg(token, '' ORDER BY step) FROM llm_generate_stream(%s, 10, 0, "
+                               "model_name => 'gen', eos_token => -1, truncate => true)", (prompt,))
+    assert streamed == want
+    beams = conn.execute("SELECT text FROM llm_beam_search(%s, 2, 10, 'gen', 1.0, -1, truncate => true) "
+                         "ORDER BY rank", (prompt,)).fetchall()
+    assert len(beams) == 2
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded) as e:
+        conn.execute("SELECT * FROM llm_beam_search(%s, 2, 10, 'gen', 1.0, -1)", (prompt,))
+    assert "Pass truncate => true" in e.value.diag.message_hint
+    from pg_llm_cy.client import Client
+    llm = Client(conn, model="gen")
+    assert llm.generate(prompt, max_tokens=10, temperature=0, eos_token=-1, truncate=True) == want

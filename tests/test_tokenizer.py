@@ -4,6 +4,7 @@ generated Unicode-heavy text, decode(encode(x)) == x, and bad input."""
 import random
 
 import numpy as np
+import psycopg
 import pytest
 import regex
 import tiktoken
@@ -216,3 +217,30 @@ def test_errors(conn, tok_model, data_dir, server_dir):
                      "does not exist")
     # the failed loads left the working tokenizer as it was
     assert sql_value(conn, "SELECT llm_encode('Hello world', 'tok')") == [15496, 995]
+
+
+def test_pg_gpt2_views(conn, data_dir):
+    """pg_gpt2's llm_bpe_vocab and llm_bpe_merges: vocab.json's keys and
+    merges.txt's lines, read-only."""
+    import json
+    create_model(conn, "views_m", n_layer=1, n_head=1, d_model=8, n_positions=8)
+    try:
+        load_tokenizer(conn, "views_m", data_dir)
+        vocab = json.load(open(f"{data_dir}/gpt2/vocab.json", encoding="utf-8"))
+        rows = conn.execute("SELECT token, token_id, score, bytes FROM llm_bpe_vocab WHERE model = 'views_m'").fetchall()
+        assert {t: i for t, i, _, _ in rows} == vocab
+        assert all(s is None for _, _, s, _ in rows)
+        assert dict((i, b) for _, i, _, b in rows)[15496] == b"Hello"
+        merges = open(f"{data_dir}/gpt2/merges.txt", encoding="utf-8").read().split("\n")[1:]
+        merges = [m for m in merges if m]
+        got = conn.execute("SELECT rank, \"left\", \"right\", pair FROM llm_bpe_merges WHERE model = 'views_m' "
+                           "ORDER BY rank").fetchall()
+        assert [p for _, _, _, p in got] == merges
+        assert all(p == f"{l} {r}" for _, l, r, p in got)
+        for sql in ("DELETE FROM llm_bpe_vocab WHERE model = 'views_m'",
+                    "UPDATE llm_bpe_merges SET pair = 'x' WHERE model = 'views_m'",
+                    "INSERT INTO llm_bpe_vocab (model, token_id) VALUES ('views_m', 1)"):
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="is a read-only view"):
+                conn.execute(sql)
+    finally:
+        conn.execute("SELECT llm_drop_model('views_m')")

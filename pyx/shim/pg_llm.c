@@ -5,6 +5,7 @@
 #include "pg_llm.h"
 
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <pthread.h>
 #include <sys/mman.h>
@@ -38,6 +39,33 @@ const int  *pgllm_cancel = NULL;
 /* largest team spawned so far with signals blocked */
 static int	pool_threads_started = 0;
 
+/* the CPUs this process may run on, as OpenMP counts them (its affinity) */
+static int
+cpus_available(void)
+{
+	cpu_set_t	set;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0)
+		return Max(CPU_COUNT(&set), 1);
+	return Max((int) sysconf(_SC_NPROCESSORS_ONLN), 1);
+}
+
+/* more threads than CPUs only spin: capped, and said so */
+static bool
+check_num_threads(int *newval, void **extra, GucSource source)
+{
+	int			cpus = cpus_available();
+
+	if (*newval > cpus)
+	{
+		ereport(source >= PGC_S_INTERACTIVE ? WARNING : LOG,
+				(errmsg("pg_llm.num_threads %d is more than the %d CPUs this server may use: set to %d",
+						*newval, cpus, cpus)));
+		*newval = cpus;
+	}
+	return true;
+}
+
 void
 _PG_init(void)
 {
@@ -48,9 +76,9 @@ _PG_init(void)
 	 */
 	DefineCustomIntVariable("pg_llm.num_threads",
 							"OpenMP threads used by this session's kernels.",
-							"0 uses every CPU the server may run on; more than that are not used.",
+							"0 uses every CPU the server may run on; more than that is capped, with a warning.",
 							&pgllm_num_threads, 0, 0, 1024,
-							PGC_USERSET, 0, NULL, NULL, NULL);
+							PGC_USERSET, 0, check_num_threads, NULL, NULL);
 	DefineCustomStringVariable("pg_llm.default_model",
 							   "Model used when a function is given none.",
 							   NULL, &pgllm_default_model, "gpt2-small",

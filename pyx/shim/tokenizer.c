@@ -541,3 +541,54 @@ pg_llm_decode(PG_FUNCTION_ARGS)
 	bpe = pgllm_tokenizer_get(model);
 	PG_RETURN_TEXT_P(cstring_to_text(pgllm_decode_text(bpe, ids, n, false, NULL)));
 }
+
+/*
+ * pg_llm_bpe_token_text(token bytea, special bool) -> text: a token as
+ * vocab.json and merges.txt write it (GPT-2's byte alphabet; a special
+ * token's own UTF-8), for pg_gpt2's llm_bpe_vocab and llm_bpe_merges views.
+ */
+PG_FUNCTION_INFO_V1(pg_llm_bpe_token_text);
+Datum
+pg_llm_bpe_token_text(PG_FUNCTION_ARGS)
+{
+	bytea	   *t;
+	bool		special = PG_ARGISNULL(1) ? false : PG_GETARG_BOOL(1);
+	const uint8 *p;
+	int64		n,
+				i,
+				o = 0;
+	char	   *out;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	t = PG_GETARG_BYTEA_PP(0);
+	p = (const uint8 *) VARDATA_ANY(t);
+	n = VARSIZE_ANY_EXHDR(t);
+	if (n > (int64) (MaxAllocSize - 1) / 3)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("pg_llm_bpe_token_text: a token of %lld bytes is too long", (long long) n)));
+	if (special)
+	{
+		out = palloc(3 * n + 1);
+		o = pgllm_utf8_sanitize(p, n, (uint8 *) out, false, NULL, true);
+	}
+	else
+	{
+		out = palloc(2 * n + 1);	/* each character takes 1 or 2 bytes of UTF-8 */
+		for (i = 0; i < n; i++)
+		{
+			uint32		c = pgllm_gpt2_byte_char(p[i]);
+
+			if (c < 0x80)
+				out[o++] = (char) c;
+			else
+			{
+				out[o++] = (char) (0xC0 | (c >> 6));
+				out[o++] = (char) (0x80 | (c & 0x3F));
+			}
+		}
+	}
+	out[o] = '\0';
+	PG_RETURN_TEXT_P(cstring_to_text((char *) pg_any_to_server(out, (int) o, PG_UTF8)));
+}
