@@ -240,7 +240,8 @@ class Client:
                                (model, first)).fetchone()
         return last or {}
 
-    def evaluate(self, split: str = "val", model: Optional[str] = None, dataset: str = "default") -> tuple:
-        """(loss, perplexity) of the model on every block of a split."""
+    def evaluate(self, split: str = "val", model: Optional[str] = None, dataset: Optional[str] = None) -> tuple:
+        """(loss, perplexity) of the model on every block of a split (dataset
+        None: "default", or the only dataset there is)."""
         return tuple(self.conn.execute("SELECT loss, perplexity FROM llm_evaluate(%s, %s, %s)",
                                        (self._model(model), split, dataset)).fetchone())

@@ -170,6 +170,11 @@ class LocalCluster:
         self._run(cmd, check=True, stdout=subprocess.DEVNULL)
         return self
 
+    def running(self) -> bool:
+        r = self._run([os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "status"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return r.returncode == 0
+
     def stop(self, mode: str = "fast"):
         self._run([os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-m", mode, "-w",
                    "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -2,7 +2,8 @@
 """pg_llm's demo: from nothing to a GPT-2 trained in PostgreSQL that talks.
 
     scripts/demo.sh [--minutes 3] [--data-dir DIR | --vocab F --merges F --corpus F]
-                    [--dsn DSN | --pg-config PATH] [--cleanup]
+                    [--dsn DSN | --pg-config PATH]
+    scripts/demo.sh --stop | --cleanup
 
 1. the files: GPT-2's tokenizer (vocab.json, merges.txt) and the
    tinyshakespeare corpus, downloaded (checked by SHA-256) into
@@ -21,9 +22,11 @@
    4-layer GPT-2 trained from scratch for --minutes with a live progress bar
    (CALL llm_train_run), the loss curve as a PNG, and text streamed from it.
 
-The local cluster (in /tmp/pg_llm_demo_<uid>) keeps running afterwards: the
-demo prints how to connect and how to stop it (--stop); --cleanup removes it
-at the end instead.  $PG_LLM_DEMO_BUILD moves build/ (downloads, venv, PNG);
+The local cluster (in /tmp/pg_llm_demo_<uid>, port 54329) keeps running
+afterwards, with the trained model as the database's default model; the demo
+ends with lines to paste (the virtual environment, PG_LLM_DSN, a CLI call
+and a psql call).  --stop stops the cluster and keeps its data: the next
+demo run starts it again.  --cleanup stops it and removes it with its data.  $PG_LLM_DEMO_BUILD moves build/ (downloads, venv, PNG);
 $PG_LLM_DOWNLOAD_BASE and $PG_LLM_CORPUS_URL replace the download addresses.
 """
 import argparse
@@ -41,6 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("PG_LLM_DEMO_BUILD", os.path.join(REPO, "build"))  # downloads, venv, PNG
 VENV = os.path.join(BUILD, "demo-venv")
 CLUSTER_DIR = os.path.join(tempfile.gettempdir(), f"pg_llm_demo_{os.getuid()}")
+DEMO_PORT = int(os.environ.get("PG_LLM_DEMO_PORT", "54329"))   # the kept cluster's, run after run
 MODEL = "shakespeare"
 
 CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -161,13 +165,23 @@ def start_server(a):
     say(f"building and installing pg_llm into {os.path.dirname(bindir_of(pg_config))}")
     subprocess.run(["make", "-s", f"PG_CONFIG={pg_config}", f"PG_LLM_PYTHON={sys.executable}", "install"],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    if os.path.isdir(CLUSTER_DIR):
-        stop()
-    os.makedirs(CLUSTER_DIR)
-    # (as root, the cluster runs as an unprivileged OS user: see pg_llm_cy.cluster)
-    cluster = LocalCluster(bindir_of(pg_config), base=CLUSTER_DIR)
-    say(f"starting a local cluster in {CLUSTER_DIR}")
-    cluster.initdb().start()
+    kept = kept_cluster()
+    if kept is not None and kept.bindir == bindir_of(pg_config):
+        # a cluster an earlier demo left (--stop keeps it): its models stay
+        cluster = kept
+        if not cluster.running():
+            say(f"starting the kept local cluster in {CLUSTER_DIR}")
+            cluster.start()
+        else:
+            say(f"using the local cluster in {CLUSTER_DIR}")
+    else:
+        if kept is not None:
+            cleanup()
+        os.makedirs(CLUSTER_DIR)
+        # (as root, the cluster runs as an unprivileged OS user: see pg_llm_cy.cluster)
+        cluster = LocalCluster(bindir_of(pg_config), base=CLUSTER_DIR, port=DEMO_PORT)
+        say(f"starting a local cluster in {CLUSTER_DIR}")
+        cluster.initdb().start()
     with psycopg.connect(cluster.dsn, autocommit=True):
         pass
     return cluster.dsn, cluster
@@ -197,68 +211,99 @@ def run_demo(a, files):
     from pg_llm_cy.tokenizer_files import ingest
 
     dsn, cluster = start_server(a)
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_llm")
-            conn.execute(f"SET pg_llm.num_threads = {a.threads}")
-            say(f"creating model {MODEL!r}: GPT-2 with 4 layers, 4 heads, 128 wide, 256 positions")
-            conn.execute("SELECT llm_drop_model(model) FROM llm_model_config WHERE model = %s", (MODEL,))
-            conn.execute("SELECT llm_create_model(%s, 4, 4, 128, 256, 50257, 1337)", (MODEL,))
-            say("loading GPT-2's tokenizer")
-            n_tok, n_merges = ingest(conn, MODEL, files["vocab"], files["merges"])
-            print(f"    {n_tok} tokens, {n_merges} merges")
-            say("tokenizing tinyshakespeare into llm_dataset (64-token blocks, 10% validation)")
-            with open(files["corpus"], encoding="utf-8") as f:
-                n_train, n_val = prepare(conn, MODEL, [f.read()], 64, 0.1, "shakespeare", replace=True)
-            print(f"    {n_train} training and {n_val} validation blocks")
-            before = conn.execute("SELECT loss FROM llm_evaluate(%s, 'val', 'shakespeare')",
-                                  (MODEL,)).fetchone()[0]
-            print(f"    validation loss before training: {before:.3f} (ln 50257 = 10.82)")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_llm")
+        conn.execute(f"SET pg_llm.num_threads = {a.threads}")
+        say(f"creating model {MODEL!r}: GPT-2 with 4 layers, 4 heads, 128 wide, 256 positions")
+        conn.execute("SELECT llm_drop_model(model) FROM llm_model_config WHERE model = %s", (MODEL,))
+        conn.execute("SELECT llm_create_model(%s, 4, 4, 128, 256, 50257, 1337)", (MODEL,))
+        say("loading GPT-2's tokenizer")
+        n_tok, n_merges = ingest(conn, MODEL, files["vocab"], files["merges"])
+        print(f"    {n_tok} tokens, {n_merges} merges")
+        say("tokenizing tinyshakespeare into llm_dataset (64-token blocks, 10% validation)")
+        with open(files["corpus"], encoding="utf-8") as f:
+            n_train, n_val = prepare(conn, MODEL, [f.read()], 64, 0.1, "shakespeare", replace=True)
+        print(f"    {n_train} training and {n_val} validation blocks")
+        # the README's examples, the client and the CLI then need no --model
+        conn.execute(f"ALTER DATABASE {conn.info.dbname} SET pg_llm.default_model = '{MODEL}'")
+        before = conn.execute("SELECT loss FROM llm_evaluate(%s, 'val', 'shakespeare')",
+                              (MODEL,)).fetchone()[0]
+        print(f"    validation loss before training: {before:.3f} (ln 50257 = 10.82)")
 
-            say(f"training for {a.minutes:g} minutes: CALL llm_train_run (commits every step)")
-            llm = Client(conn, model=MODEL)
-            seconds = a.minutes * 60
-            last = llm.train(1000000, progress=TimeBar(seconds), batch_size=8, block_size=64,
-                             learning_rate=2e-3, min_lr=2e-4, warmup_iters=20,
-                             lr_decay_iters=max(int(seconds * 4), 100), eval_interval=50, eval_iters=8,
-                             max_seconds=float(seconds), checkpoint_interval=200, dataset="shakespeare")
-            print()
-            after = conn.execute("SELECT loss FROM llm_evaluate(%s, 'val', 'shakespeare')",
-                                 (MODEL,)).fetchone()[0]
-            print(f"    {last.get('step')} steps; validation loss {before:.3f} -> {after:.3f}")
+        say(f"training for {a.minutes:g} minutes: CALL llm_train_run (commits every step)")
+        llm = Client(conn, model=MODEL)
+        seconds = a.minutes * 60
+        last = llm.train(1000000, progress=TimeBar(seconds), batch_size=8, block_size=64,
+                         learning_rate=2e-3, min_lr=2e-4, warmup_iters=20,
+                         lr_decay_iters=max(int(seconds * 4), 100), eval_interval=50, eval_iters=8,
+                         max_seconds=float(seconds), checkpoint_interval=200, dataset="shakespeare")
+        print()
+        after = conn.execute("SELECT loss FROM llm_evaluate(%s, 'val', 'shakespeare')",
+                             (MODEL,)).fetchone()[0]
+        print(f"    {last.get('step')} steps; validation loss {before:.3f} -> {after:.3f}")
 
-            sys.path.insert(0, os.path.join(REPO, "scripts"))
-            import plot_training
-            png = os.path.join(BUILD, "demo-training.png")
-            plot_training.plot(plot_training.fetch(conn, MODEL), png, f"{MODEL}: tinyshakespeare", 0.9)
-            say(f"loss curve: {png}")
+        sys.path.insert(0, os.path.join(REPO, "scripts"))
+        import plot_training
+        png = os.path.join(BUILD, "demo-training.png")
+        plot_training.plot(plot_training.fetch(conn, MODEL), png, f"{MODEL}: tinyshakespeare", 0.9,
+                           initial_val=before, final_val=after)
+        say(f"loss curve: {png}")
 
-            say("streaming text from the model (llm_generate_stream):")
-            print()
-            sys.stdout.write("ROMEO:")
-            for ev in llm.stream("ROMEO:", max_tokens=a.tokens, temperature=0.8, topk=40, seed=a.seed):
-                sys.stdout.write(ev.token)
-                sys.stdout.flush()
-            print("\n")
-        if cluster is not None and not a.cleanup:
-            say("the cluster keeps running; connect with")
-            print(f"    {cluster.bindir}/psql \"{cluster.dsn}\"")
-            print(f"    SELECT llm_generate('JULIET:', 60, 0.8, 40, 0.95, '{MODEL}');")
-            say("stop it with")
-            print(f"    {sys.executable} {os.path.abspath(__file__)} --stop")
-    finally:
-        if cluster is not None and a.cleanup:
-            cluster.destroy()
+        say("streaming text from the model (llm_generate_stream):")
+        print()
+        sys.stdout.write("ROMEO:")
+        for ev in llm.stream("ROMEO:", max_tokens=a.tokens, temperature=0.8, topk=40, seed=a.seed):
+            sys.stdout.write(ev.token)
+            sys.stdout.flush()
+        print("\n")
+    say(f"model {MODEL!r} is the database's default model (pg_llm.default_model); try it yourself:")
+    print(paste_block(dsn, cluster))
+    if cluster is not None:
+        say("the cluster keeps running; scripts/demo.sh --stop stops it (its data stays, and the next "
+            "demo uses it), scripts/demo.sh --cleanup removes it with its data")
+
+
+def paste_block(dsn, cluster):
+    """Lines to paste into a shell: the environment, a CLI call, a psql call."""
+    venv_bin = os.path.dirname(sys.executable)
+    lines = []
+    if os.path.exists(os.path.join(venv_bin, "activate")):
+        lines.append(f"source {os.path.join(venv_bin, 'activate')}")
+    lines.append(f"export PG_LLM_DSN='{dsn}'")
+    lines.append("python -m pg_llm_cy generate 'JULIET:' --max-tokens 60 --temperature 0.8 --stream")
+    psql = os.path.join(cluster.bindir, "psql") if cluster is not None else "psql"
+    lines.append(f"{psql} \"$PG_LLM_DSN\" -c \"SELECT llm_generate('JULIET:', 60, 0.8, 40, 0.95)\"")
+    return "\n".join("    " + line for line in lines)
+
+
+def kept_cluster():
+    """The demo's local cluster, if an earlier run left one (running or not)."""
+    from pg_llm_cy.cluster import LocalCluster
+    opts = os.path.join(CLUSTER_DIR, "data", "postmaster.opts")
+    if not os.path.exists(opts):
+        return None
+    with open(opts) as f:
+        bindir = os.path.dirname(f.read().split()[0].strip("'\""))
+    return LocalCluster(bindir, base=CLUSTER_DIR, port=DEMO_PORT)
 
 
 def stop():
-    """Stop and remove the demo cluster, if there is one."""
-    from pg_llm_cy.cluster import LocalCluster
-    opts = os.path.join(CLUSTER_DIR, "data", "postmaster.opts")
-    if os.path.exists(opts):
-        with open(opts) as f:
-            bindir = os.path.dirname(f.read().split()[0].strip("'\""))
-        LocalCluster(bindir, base=CLUSTER_DIR).stop()
+    """Stop the demo cluster; its data (the trained model) stays for the next run."""
+    cluster = kept_cluster()
+    if cluster is None:
+        print(f"no demo cluster in {CLUSTER_DIR}")
+        return 0
+    cluster.stop()
+    print(f"stopped the demo cluster; its data stays in {CLUSTER_DIR} "
+          f"(scripts/demo.sh starts it again, --cleanup removes it)")
+    return 0
+
+
+def cleanup():
+    """Stop the demo cluster and remove it with its data."""
+    cluster = kept_cluster()
+    if cluster is not None:
+        cluster.stop()
     if os.path.isdir(CLUSTER_DIR):
         shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
         print("stopped and removed", CLUSTER_DIR)
@@ -277,16 +322,19 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=120, help="tokens to generate at the end")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--cleanup", action="store_true", help="stop and remove the local cluster at the end")
-    ap.add_argument("--stop", action="store_true", help="stop a demo cluster left running")
+    ap.add_argument("--stop", action="store_true",
+                    help="stop the demo's local cluster; its data (the trained model) stays, and the next "
+                         "demo run starts it again")
+    ap.add_argument("--cleanup", action="store_true",
+                    help="stop the demo's local cluster and remove it with all its data")
     ap.add_argument("--download-timeout", type=float, default=20.0)
     ap.add_argument("--no-venv", action="store_true",
                     help="run with this Python (pg_llm_cy, psycopg and matplotlib installed)")
     ap.add_argument("--files", help=argparse.SUPPRESS)       # stage 2: resolved paths
     a = ap.parse_args()
-    if a.stop:
+    if a.stop or a.cleanup:
         sys.path.insert(0, REPO)
-        return stop()
+        return stop() if a.stop else cleanup()
     if a.files:
         vocab, merges, corpus = a.files.split(os.pathsep)
         run_demo(a, {"vocab": vocab, "merges": merges, "corpus": corpus})

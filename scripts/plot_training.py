@@ -27,14 +27,19 @@ def fetch(conn, model, from_step=0):
 
 
 def ema(values, alpha):
-    out, acc = [], None
-    for v in values:
-        acc = v if acc is None else alpha * acc + (1 - alpha) * v
-        out.append(acc)
+    """Exponential moving average with bias correction (as Adam's moments):
+    the average of the first steps is not pulled towards zero or towards
+    the very first value."""
+    out, acc = [], 0.0
+    for t, v in enumerate(values, 1):
+        acc = alpha * acc + (1 - alpha) * v
+        out.append(acc / (1 - alpha ** t))
     return out
 
 
-def plot(rows, out, title, smooth=0.0):
+def plot(rows, out, title, smooth=0.0, initial_val=None, final_val=None):
+    """initial_val / final_val: the validation loss before the first step and
+    after the last (llm_evaluate), drawn at either end of the curve."""
     try:
         import matplotlib
     except ImportError:
@@ -50,6 +55,10 @@ def plot(rows, out, title, smooth=0.0):
     if smooth:
         ax_loss.plot(steps, ema([r[2] for r in rows], smooth), lw=1.5, label=f"train loss (EMA {smooth})")
     val = [(r[0], r[3]) for r in rows if r[3] is not None]
+    if initial_val is not None:
+        val.insert(0, (steps[0] - 1, initial_val))
+    if final_val is not None:
+        val.append((steps[-1], final_val))
     if val:
         ax_loss.plot([v[0] for v in val], [v[1] for v in val], "o-", lw=1.5, ms=4, label="val loss")
     ax_loss.set_ylabel("loss")
