@@ -1,7 +1,8 @@
 -- pg_llm walk-through: from the tokenizer to training, fine-tuning and generation, in SQL.
 -- Run it with psql in an empty database, from the repository's root directory,
 -- giving the directory that holds gpt2/vocab.json, gpt2/merges.txt and tinyshakespeare.txt:
---   psql -X -v ON_ERROR_STOP=1 -v data=../shared/data -f docs/walkthrough.sql
+--   psql -X -v ON_ERROR_STOP=1 -v data=/srv/pg_llm -f docs/walkthrough.sql
+-- (scripts/download_tokenizer.py and the demo fetch the files; /srv/pg_llm stands for their directory)
 -- The files are read by psql, on the client: no server file access is needed.
 -- About a minute on two cores.
 

@@ -2,7 +2,7 @@
 """Generation speed of pg_llm beside HuggingFace transformers, in one run.
 
     python scripts/bench_generate.py [--pg-config .pg/pg16/bin/pg_config | --dsn DSN]
-                                     [--threads 2] [--data ../shared/data]
+                                     [--threads 2] [--data DIR]
 
 On a gpt2-small-shaped model (random weights: speed does not depend on them):
   * decode: a 16-token prompt, 64 greedy new tokens, batch 1 -- tokens/s of

@@ -213,7 +213,7 @@ def test_walkthrough(docs_env, data_dir):
         c.execute("CREATE DATABASE pg_llm_walkthrough")
     header = open(os.path.join(DOCS, "walkthrough.sql")).read().split("\n\n")[0]
     command = re.search(r"^--\s+(psql .*walkthrough\.sql.*)$", header, re.M).group(1)
-    command = command.replace("../shared/data", data_dir)
+    command = command.replace(SRV, data_dir)
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=REPO, env=env,
                        text=True, capture_output=True, timeout=900)
     assert r.returncode == 0, f"{command}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"

@@ -930,11 +930,7 @@ pg_llm_evaluate(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("llm_evaluate: model must not be NULL")));
-	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	model = pgllm_model_name_arg(fcinfo, 0);	/* NULL: pg_llm.default_model */
 	split = PG_ARGISNULL(1) ? pstrdup("val") : text_to_cstring(PG_GETARG_TEXT_PP(1));
 
 	if (strcmp(split, "train") != 0 && strcmp(split, "val") != 0)
