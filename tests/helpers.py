@@ -53,6 +53,19 @@ def create_model(conn, name, n_layer=2, n_head=2, d_model=64, n_positions=128, v
                         (name, n_layer, n_head, d_model, n_positions, vocab, seed)).fetchone()[0]
 
 
+def trained_model(conn, name, data_dir, steps, seed):
+    """A small GPT-2 with the GPT-2 tokenizer, trained `steps` steps on the
+    start of tinyshakespeare (dataset `name`), in a fresh database of a
+    cluster of its own (replicas, pg_upgrade)."""
+    import os
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_llm")
+    create_model(conn, name, n_layer=2, n_head=2, d_model=32, n_positions=64, seed=seed)
+    load_tokenizer(conn, name, data_dir)
+    conn.execute(f"SELECT llm_dataset_from_text('{name}', %s, 16, 0.2, '{name}')",
+                 (open(os.path.join(data_dir, "tinyshakespeare.txt")).read()[:8000],))
+    conn.execute(f"SELECT llm_train('{name}', {steps}, batch_size => 2, eval_interval => 0, dataset => '{name}')")
+
+
 def model_params(conn, name):
     """The model's tensors from llm_param, as numpy arrays of their table shapes."""
     import numpy as np

@@ -194,8 +194,13 @@ def test_long_prompts_truncate(conn, gen_model):
     assert n > 96
     with pytest.raises(psycopg.errors.ProgramLimitExceeded) as e:
         conn.execute("SELECT llm_generate(%s, 10, 0, model_name => 'gen')", (prompt,))
-    assert e.value.diag.message_hint == ("Pass truncate => true to keep the prompt's last 86 tokens, ask for "
-                                         "at most 0 tokens, or shorten the prompt.")
+    assert e.value.diag.message_hint == "Pass truncate => true to keep the prompt's last 86 tokens, or shorten the prompt."
+    assert_sql_error(conn, "SELECT llm_generate(%s, 40, 0, model_name => 'gen')", (" ".join(["w"] * 80),),
+                     "54000", "the prompt's 80 tokens plus max_tokens 40 exceed")
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded) as e:
+        conn.execute("SELECT llm_generate(%s, 40, 0, model_name => 'gen')", (" ".join(["w"] * 80),))
+    assert e.value.diag.message_hint == ("Pass truncate => true to keep the prompt's last 56 tokens, ask for "
+                                         "at most 16 tokens, or shorten the prompt.")
     ids = sql_value(conn, "SELECT llm_encode(%s, 'gen')", (prompt,))
     kept = sql_value(conn, "SELECT llm_decode(%s, 'gen')", (ids[-86:],))
     want = sql_value(conn, "SELECT llm_generate(%s, 10, 0, model_name => 'gen', eos_token => -1)", (kept,))

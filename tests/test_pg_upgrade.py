@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from conftest import REPO, pg_config_path
-from helpers import create_model, load_tokenizer, sql_value
+from helpers import sql_value, trained_model
 from pg_llm_cy.cluster import LocalCluster, bindir_of, fetch_postgres, install_extension
 
 pytestmark = pytest.mark.heavy          # once, on the newest PostgreSQL
@@ -47,12 +47,7 @@ def test_pg_upgrade_keeps_a_trained_model(data_dir, tmp_path):
     new = LocalCluster(new_bindir)
     try:
         with psycopg.connect(old.dsn, autocommit=True) as c:
-            c.execute("CREATE EXTENSION pg_llm")
-            create_model(c, M, n_layer=2, n_head=2, d_model=32, n_positions=64, seed=9)
-            load_tokenizer(c, M, data_dir)
-            c.execute(f"SELECT llm_dataset_from_text('{M}', %s, 16, 0.2, '{M}')",
-                      (open(os.path.join(data_dir, "tinyshakespeare.txt")).read()[:8000],))
-            c.execute(f"SELECT llm_train('{M}', 4, batch_size => 2, eval_interval => 0, dataset => '{M}')")
+            trained_model(c, M, data_dir, steps=4, seed=9)
             c.execute(f"SELECT llm_checkpoint_save('{M}', 'before the upgrade')")
         before = state(old.dsn)
         old.stop()

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from conftest import pg_config_path
-from helpers import create_model, load_tokenizer, sql_value
+from helpers import sql_value, trained_model
 from pg_llm_cy.cluster import LocalCluster, bindir_of, free_port
 
 pytestmark = pytest.mark.heavy          # once, on the newest PostgreSQL
@@ -66,12 +66,7 @@ def pair(data_dir):
     standby = LocalCluster(bindir)
     try:
         with psycopg.connect(primary.dsn, autocommit=True) as c:
-            c.execute("CREATE EXTENSION pg_llm")
-            create_model(c, M, n_layer=2, n_head=2, d_model=32, n_positions=64, seed=5)
-            load_tokenizer(c, M, data_dir)
-            c.execute(f"SELECT llm_dataset_from_text('{M}', %s, 16, 0.2, '{M}')",
-                      (open(os.path.join(data_dir, "tinyshakespeare.txt")).read()[:8000],))
-            c.execute(f"SELECT llm_train('{M}', 3, batch_size => 2, eval_interval => 0, dataset => '{M}')")
+            trained_model(c, M, data_dir, steps=3, seed=5)
         # a base backup of the running primary, with -R: a standby of it
         standby._run([os.path.join(bindir, "pg_basebackup"), "-D", standby.data, "-h", primary.base,
                       "-p", str(primary.port), "-U", "postgres", "-R", "-X", "stream", "-c", "fast"],

@@ -200,8 +200,11 @@ fit_context(int32 *ids, int64 *n_prompt, int64 max_tokens, bool truncate,
 				 errmsg("%s: the prompt's %lld tokens plus max_tokens %lld exceed the model's context of %lld positions",
 						fn, (long long) *n_prompt, (long long) max_tokens,
 						(long long) cfg->n_positions),
+				 *n_prompt < cfg->n_positions ?
 				 errhint("Pass truncate => true to keep the prompt's last %lld tokens, ask for at most %lld tokens, or shorten the prompt.",
-						 (long long) room, (long long) Max(cfg->n_positions - *n_prompt, 0))));
+						 (long long) room, (long long) (cfg->n_positions - *n_prompt)) :
+				 errhint("Pass truncate => true to keep the prompt's last %lld tokens, or shorten the prompt.",
+						 (long long) room)));
 	ids += *n_prompt - room;
 	*n_prompt = room;
 	return ids;
