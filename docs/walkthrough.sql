@@ -14,7 +14,7 @@ CREATE EXTENSION IF NOT EXISTS pg_llm;
 SELECT pg_llm_info();
 
 \echo '2. A small GPT-2 from scratch: 4 layers, 4 heads, 128 wide, 256 positions, GPT-2''s vocabulary.'
-SELECT llm_create_model('bard', n_layer => 4, n_head => 4, d_model => 128,
+SELECT llm_create_model('bard', n_layer => 4, n_head => 4, n_embd => 128,
                         n_positions => 256, vocab => 50257, seed => 1337) AS parameters;
 
 \echo '3. Tokenizer ingestion: GPT-2''s vocab.json and merges.txt, sent from this client.'
@@ -55,9 +55,9 @@ SELECT id, step, note FROM llm_checkpoint WHERE model = 'bard';
 \echo '8. Generation: sampled with a seed (the same seed, the same text), then beam search.'
 \echo '   150 steps make a model that knows the shape of a play, not yet its sense.'
 SELECT 'ROMEO:' || llm_generate('ROMEO:', 40, temperature => 0.8, topk => 40, topp => 0.95,
-                               model_name => 'bard', seed => 42, repetition_penalty => 1.1) AS sampled;
+                               model => 'bard', seed => 42, repetition_penalty => 1.1) AS sampled;
 SELECT rank, round(score::numeric, 2) AS score, replace(text, E'\n', ' | ') AS text
-FROM llm_beam_search('JULIET:', beam_width => 3, max_tokens => 12, model_name => 'bard');
+FROM llm_beam_search('JULIET:', beam_width => 3, max_tokens => 12, model => 'bard');
 
 \echo '9. Fine-tuning on one speech: a constant learning rate (min_lr = learning_rate; the schedule'
 \echo '   counts the model''s own steps, so a decay would already be near its end) and no warmup.'
@@ -71,9 +71,9 @@ SELECT round(llm_train('bard', 100, batch_size => 4, block_size => 32, learning_
                        dataset => 'hamlet')::numeric, 3)
        AS last_train_loss;
 SELECT round(loss::numeric, 3) AS hamlet_val_loss_after FROM llm_evaluate('bard', 'val', 'hamlet');
-SELECT llm_generate('HAMLET: To be', 16, temperature => 0, model_name => 'bard') AS fine_tuned;
+SELECT llm_generate('HAMLET: To be', 16, temperature => 0, model => 'bard') AS fine_tuned;
 
 \echo '10. Back to the pre-trained checkpoint: the fine-tuning is undone.'
 SELECT llm_checkpoint_load('bard', :pretrained);
-SELECT replace(llm_generate('HAMLET: To be', 16, temperature => 0, model_name => 'bard'), E'\n', ' | ')
+SELECT replace(llm_generate('HAMLET: To be', 16, temperature => 0, model => 'bard'), E'\n', ' | ')
        AS before_fine_tuning;

@@ -78,7 +78,7 @@ def parse_train_notice(message: str) -> Optional[TrainProgress]:
                          val_perplexity=fields.get("val_perplexity"))
 
 
-GENERATE_ARGS = ("prompt", "max_tokens", "temperature", "topk", "topp", "model_name",
+GENERATE_ARGS = ("prompt", "max_tokens", "temperature", "topk", "topp", "model",
                  "eos_token", "seed", "repetition_penalty", "stop")
 
 

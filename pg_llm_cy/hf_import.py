@@ -102,9 +102,9 @@ def upload(conn, model: str, cfg: GPT2Config, tensors: dict, progress=None) -> i
     the number of parameters."""
     n = 0
     with conn.transaction():
-        conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, d_model, n_positions, vocab, "
+        conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab, "
                      "layer_norm_eps) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (model) DO UPDATE SET "
-                     "n_layer = EXCLUDED.n_layer, n_head = EXCLUDED.n_head, d_model = EXCLUDED.d_model, "
+                     "n_layer = EXCLUDED.n_layer, n_head = EXCLUDED.n_head, n_embd = EXCLUDED.n_embd, "
                      "n_positions = EXCLUDED.n_positions, vocab = EXCLUDED.vocab, "
                      "layer_norm_eps = EXCLUDED.layer_norm_eps, train_step = 0, updated_at = now()",
                      (model, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, cfg.vocab, cfg.eps))

@@ -5,13 +5,17 @@
 -- pg_catalog or is qualified with the extension's schema.
 SET LOCAL search_path = pg_catalog, pg_temp;
 
+-- nanoGPT's name for the width, as everywhere else
+ALTER TABLE @extschema@.llm_model_config RENAME COLUMN d_model TO n_embd;
+COMMENT ON TABLE @extschema@.llm_model_config IS 'GPT-2 model configurations (nanoGPT''s names: n_layer, n_head, n_embd, ...)';
+
 -- pg_dump keeps user state: the pre-registered configurations still as
 -- CREATE EXTENSION inserted them are marked preset (left out of dumps)
 ALTER TABLE @extschema@.llm_model_config ADD COLUMN preset bool NOT NULL DEFAULT false;
 COMMENT ON COLUMN @extschema@.llm_model_config.preset
     IS 'a pre-registered configuration as CREATE EXTENSION inserted it: not dumped; any change clears it';
 UPDATE @extschema@.llm_model_config c SET preset = true
- WHERE (c.model, c.n_layer, c.n_head, c.d_model, c.n_positions, c.vocab, c.layer_norm_eps) IN
+ WHERE (c.model, c.n_layer, c.n_head, c.n_embd, c.n_positions, c.vocab, c.layer_norm_eps) IN
        (('gpt2-small', 12, 12, 768, 1024, 50257, 1e-5::float4),
         ('gpt2-medium', 24, 16, 1024, 1024, 50257, 1e-5::float4),
         ('gpt2-large', 36, 20, 1280, 1024, 50257, 1e-5::float4),
@@ -92,7 +96,7 @@ CREATE TRIGGER llm_bpe_merges_read_only INSTEAD OF INSERT OR UPDATE OR DELETE ON
 -- functions and views bound to pg_catalog (qualified names, pinned search_path)
 CREATE OR REPLACE VIEW @extschema@.llm_models AS
 SELECT c.model,
-       pg_catalog.jsonb_build_object('n_layer', c.n_layer, 'n_head', c.n_head, 'd_model', c.d_model,
+       pg_catalog.jsonb_build_object('n_layer', c.n_layer, 'n_head', c.n_head, 'n_embd', c.n_embd,
                           'n_positions', c.n_positions, 'vocab', c.vocab,
                           'layer_norm_eps', c.layer_norm_eps) AS config,
        coalesce(p.bytes / 4, 0)::bigint AS n_params,
@@ -106,13 +110,27 @@ SELECT c.model,
   LEFT JOIN (SELECT model, pg_catalog.sum(pg_catalog.octet_length(data)) AS bytes, pg_catalog.count(*) AS n_tensors
                FROM @extschema@.llm_param GROUP BY model) p USING (model);
 
+-- the naming rule: the model argument is "model", the width "n_embd"
+DROP FUNCTION @extschema@.llm_create_model(text, int, int, int, int, int, int);
+CREATE FUNCTION @extschema@.llm_create_model(model text, n_layer int DEFAULT NULL, n_head int DEFAULT NULL,
+                                 n_embd int DEFAULT NULL, n_positions int DEFAULT NULL,
+                                 vocab int DEFAULT NULL, seed int DEFAULT 1337)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'pg_llm_create_model' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.llm_create_model(text, int, int, int, int, int, int)
+    IS 'new model with GPT-2''s initialisation; NULL sizes come from the registered configuration; returns the number of parameters';
+DROP FUNCTION @extschema@.llm_logits(int[], text);
+CREATE FUNCTION @extschema@.llm_logits(token_ids int[], model text DEFAULT NULL) RETURNS bytea
+AS 'MODULE_PATHNAME', 'pg_llm_logits' LANGUAGE C STABLE;
+COMMENT ON FUNCTION @extschema@.llm_logits(int[], text) IS 'logits (T, vocab) of every position, float32 bytea';
+
 -- generation: truncate keeps the end of a prompt too long for the context
 DROP FUNCTION @extschema@.llm_generate(text, int, float8, int, float8, text, int, int, float8, text[]);
 DROP FUNCTION @extschema@.llm_generate_stream(text, int, float8, int, float8, text, int, int, float8, text[]);
 DROP FUNCTION @extschema@.llm_beam_search(text, int, int, text, float8, int);
 CREATE FUNCTION @extschema@.llm_generate(prompt text, max_tokens int DEFAULT 64, temperature float8 DEFAULT 1.0,
                              topk int DEFAULT 50, topp float8 DEFAULT 0.95,
-                             model_name text DEFAULT NULL, eos_token int DEFAULT NULL,
+                             model text DEFAULT NULL, eos_token int DEFAULT NULL,
                              seed int DEFAULT NULL, repetition_penalty float8 DEFAULT 1.0,
                              stop text[] DEFAULT NULL, truncate bool DEFAULT false)
 RETURNS text
@@ -122,7 +140,7 @@ COMMENT ON FUNCTION @extschema@.llm_generate(text, int, float8, int, float8, tex
 
 CREATE FUNCTION @extschema@.llm_generate_stream(prompt text, max_tokens int DEFAULT 64, temperature float8 DEFAULT 1.0,
                                     topk int DEFAULT 50, topp float8 DEFAULT 0.95,
-                                    model_name text DEFAULT NULL, eos_token int DEFAULT NULL,
+                                    model text DEFAULT NULL, eos_token int DEFAULT NULL,
                                     seed int DEFAULT NULL, repetition_penalty float8 DEFAULT 1.0,
                                     stop text[] DEFAULT NULL, truncate bool DEFAULT false)
 RETURNS TABLE (step int, token_id int, token text, text text, is_complete bool)
@@ -131,7 +149,7 @@ COMMENT ON FUNCTION @extschema@.llm_generate_stream(text, int, float8, int, floa
     IS 'llm_generate one row per token, each computed when fetched: call it in the SELECT list and read through a cursor to stream';
 
 CREATE FUNCTION @extschema@.llm_beam_search(prompt text, beam_width int DEFAULT 4, max_tokens int DEFAULT 32,
-                                model_name text DEFAULT NULL, length_penalty float8 DEFAULT 1.0,
+                                model text DEFAULT NULL, length_penalty float8 DEFAULT 1.0,
                                 eos_token int DEFAULT NULL, truncate bool DEFAULT false)
 RETURNS TABLE (rank int, score float8, token_ids int[], text text)
 AS 'MODULE_PATHNAME', 'pg_llm_beam_search' LANGUAGE C VOLATILE ROWS 4;
@@ -207,14 +225,14 @@ AS $$
 DECLARE
     cfg record;
 BEGIN
-    SELECT c.n_layer, c.n_head, c.d_model, c.vocab INTO cfg
+    SELECT c.n_layer, c.n_head, c.n_embd, c.vocab INTO cfg
       FROM @extschema@.llm_model_config c WHERE c.model = llm_train.model;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object';
     END IF;
-    IF (cfg.n_layer, cfg.n_head, cfg.d_model, cfg.vocab) IS DISTINCT FROM (n_layer, n_head, d, vocab) THEN
-        RAISE EXCEPTION 'llm_train: model "%" has n_layer %, n_head %, d_model %, vocab %, not %, %, %, %',
-              model, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.vocab, n_layer, n_head, d, vocab
+    IF (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab) IS DISTINCT FROM (n_layer, n_head, d, vocab) THEN
+        RAISE EXCEPTION 'llm_train: model "%" has n_layer %, n_head %, n_embd %, vocab %, not %, %, %, %',
+              model, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab, n_layer, n_head, d, vocab
               USING ERRCODE = 'invalid_parameter_value',
                     HINT = 'The shape arguments of pg_gpt2''s llm_train must match llm_model_config; or call llm_train(model, n_steps, batch_size => ...).';
     END IF;
@@ -279,7 +297,7 @@ BEGIN
     END IF;
     INSERT INTO @extschema@.llm_checkpoint (model, step, note, n_params, file_path, config)
     SELECT c.model, c.train_step, llm_checkpoint_save.note, 0, llm_checkpoint_save.file_path,
-           pg_catalog.jsonb_build_object('n_layer', c.n_layer, 'n_head', c.n_head, 'd_model', c.d_model,
+           pg_catalog.jsonb_build_object('n_layer', c.n_layer, 'n_head', c.n_head, 'n_embd', c.n_embd,
                               'n_positions', c.n_positions, 'vocab', c.vocab)
       FROM @extschema@.llm_model_config c WHERE c.model = llm_checkpoint_save.model
     RETURNING id INTO cid;
@@ -315,7 +333,7 @@ BEGIN
     -- the configuration may have changed since: restore it with the tensors
     UPDATE @extschema@.llm_model_config c
        SET n_layer = (ck.config->>'n_layer')::int, n_head = (ck.config->>'n_head')::int,
-           d_model = (ck.config->>'d_model')::int, n_positions = (ck.config->>'n_positions')::int,
+           n_embd = coalesce(ck.config->>'n_embd', ck.config->>'d_model')::int, n_positions = (ck.config->>'n_positions')::int,
            vocab = (ck.config->>'vocab')::int, train_step = ck.step,
            version = pg_catalog.nextval('@extschema@.llm_model_version_seq'::pg_catalog.regclass), updated_at = pg_catalog.now()
      WHERE c.model = llm_checkpoint_load.model;

@@ -46,11 +46,11 @@ def load_tokenizer(conn, model, data_dir):
     conn.execute("SELECT pg_llm_load_bpe_merges(%s, %s)", (f"{data_dir}/gpt2/merges.txt", model))
 
 
-def create_model(conn, name, n_layer=2, n_head=2, d_model=64, n_positions=128, vocab=50257,
+def create_model(conn, name, n_layer=2, n_head=2, n_embd=64, n_positions=128, vocab=50257,
                  seed=1):
     conn.execute("SELECT llm_drop_model(model) FROM llm_model_config WHERE model = %s", (name,))
     return conn.execute("SELECT llm_create_model(%s, %s, %s, %s, %s, %s, %s)",
-                        (name, n_layer, n_head, d_model, n_positions, vocab, seed)).fetchone()[0]
+                        (name, n_layer, n_head, n_embd, n_positions, vocab, seed)).fetchone()[0]
 
 
 def trained_model(conn, name, data_dir, steps, seed):
@@ -59,7 +59,7 @@ def trained_model(conn, name, data_dir, steps, seed):
     cluster of its own (replicas, pg_upgrade)."""
     import os
     conn.execute("CREATE EXTENSION IF NOT EXISTS pg_llm")
-    create_model(conn, name, n_layer=2, n_head=2, d_model=32, n_positions=64, seed=seed)
+    create_model(conn, name, n_layer=2, n_head=2, n_embd=32, n_positions=64, seed=seed)
     load_tokenizer(conn, name, data_dir)
     conn.execute(f"SELECT llm_dataset_from_text('{name}', %s, 16, 0.2, '{name}')",
                  (open(os.path.join(data_dir, "tinyshakespeare.txt")).read()[:8000],))

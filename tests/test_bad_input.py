@@ -162,10 +162,10 @@ def catalog(conn):
 
 @pytest.fixture(scope="module")
 def setup(conn, data_dir, server_dir):
-    create_model(conn, "bi", n_layer=1, n_head=2, d_model=16, n_positions=32)
+    create_model(conn, "bi", n_layer=1, n_head=2, n_embd=16, n_positions=32)
     load_tokenizer(conn, "bi", data_dir)
-    create_model(conn, "bi_train", n_layer=1, n_head=2, d_model=16, n_positions=32)
-    create_model(conn, "bi_tok", n_layer=1, n_head=1, d_model=8, n_positions=8)
+    create_model(conn, "bi_train", n_layer=1, n_head=2, n_embd=16, n_positions=32)
+    create_model(conn, "bi_tok", n_layer=1, n_head=1, n_embd=8, n_positions=8)
     load_tokenizer(conn, "bi_tok", data_dir)
     conn.execute("DELETE FROM llm_dataset WHERE dataset IN ('bi', 'default')")
     conn.execute("INSERT INTO llm_dataset (dataset, tokens, target, split) "
@@ -213,7 +213,7 @@ def test_bad_arguments(pg_dsn, catalog, setup, key):
     with psycopg.connect(pg_dsn, autocommit=True) as c:
         c.execute("SET statement_timeout = '5s'")
         if MT in args:      # a fresh model: a mutation before (lr 3e38) may have ruined it
-            create_model(c, "bi_train", n_layer=1, n_head=2, d_model=16, n_positions=32)
+            create_model(c, "bi_train", n_layer=1, n_head=2, n_embd=16, n_positions=32)
         if pre:
             c.execute(pre)
         c.execute(statement(key[0], kind, retset, args))     # the valid call works

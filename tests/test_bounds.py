@@ -20,7 +20,7 @@ from helpers import Runner, create_model, load_tokenizer, sql_value
 
 @pytest.fixture(scope="module")
 def model(conn, data_dir):
-    create_model(conn, "bounds", n_layer=1, n_head=1, d_model=8, n_positions=64, vocab=50257)
+    create_model(conn, "bounds", n_layer=1, n_head=1, n_embd=8, n_positions=64, vocab=50257)
     load_tokenizer(conn, "bounds", data_dir)
     yield "bounds"
     conn.execute("DELETE FROM llm_dataset WHERE dataset = 'bounds'")
@@ -58,7 +58,7 @@ def test_text_to_encode_is_counted(pg_dsn, model):
 
 
 def test_vocabulary_rows_are_counted(pg_dsn, conn):
-    create_model(conn, "bounds_vocab", n_layer=1, n_head=1, d_model=8, n_positions=8, vocab=64)
+    create_model(conn, "bounds_vocab", n_layer=1, n_head=1, n_embd=8, n_positions=8, vocab=64)
     conn.execute("INSERT INTO llm_vocab (model, token_id, token) SELECT 'bounds_vocab', i, "
                  "CASE WHEN i < 256 THEN set_byte('\\x00'::bytea, 0, i) ELSE decode(md5(i::text), 'hex') END "
                  "FROM generate_series(0, 199999) i")
@@ -74,7 +74,7 @@ def test_vocabulary_rows_are_counted(pg_dsn, conn):
 
 
 def test_training_data_is_counted(pg_dsn, conn):
-    create_model(conn, "bounds_train", n_layer=1, n_head=1, d_model=8, n_positions=64, vocab=64)
+    create_model(conn, "bounds_train", n_layer=1, n_head=1, n_embd=8, n_positions=64, vocab=64)
     conn.execute("DELETE FROM llm_dataset WHERE dataset = 'bounds'")
     conn.execute("INSERT INTO llm_dataset (dataset, tokens, target) SELECT 'bounds', "
                  "array_fill(i % 64, ARRAY[64]), array_fill((i + 1) % 64, ARRAY[64]) "

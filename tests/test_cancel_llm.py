@@ -23,7 +23,7 @@ LONG = {
     "checkpoint_save": "SELECT llm_checkpoint_save('cancel_gpt2', 'cancelled')",
     "encode": "SELECT cardinality(llm_encode(t, 'cancel_gpt2')) FROM cancel_text",
     "generate": "SELECT llm_generate('Once upon a time', 900, 0.8, 50, 0.95, 'cancel_gpt2', -1, 1)",
-    "stream": "SELECT count(*) FROM llm_generate_stream('Once upon a time', 900, model_name => 'cancel_gpt2', "
+    "stream": "SELECT count(*) FROM llm_generate_stream('Once upon a time', 900, model => 'cancel_gpt2', "
               "eos_token => -1)",
     "beam_search": "SELECT count(*) FROM llm_beam_search('Once upon a time', 4, 600, 'cancel_gpt2', 1.0, -1)",
     "perplexity": "SELECT llm_perplexity(left(t, 400000), 'cancel_gpt2') FROM cancel_text",
@@ -36,7 +36,7 @@ LONG = {
 
 @pytest.fixture(scope="module")
 def model(conn, data_dir, server_dir):
-    create_model(conn, MODEL, n_layer=12, n_head=12, d_model=768, n_positions=1024, vocab=50257, seed=5)
+    create_model(conn, MODEL, n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab=50257, seed=5)
     load_tokenizer(conn, MODEL, data_dir)
     path = os.path.join(server_dir, "cancel_gpt2.npz")
     conn.execute("SELECT pg_llm_export_npz(%s, %s)", (path, MODEL))

@@ -16,7 +16,7 @@ from helpers import create_model, load_tokenizer
 @pytest.fixture(scope="module")
 def model(conn, data_dir):
     # wide enough that 900 tokens take seconds: a generation to interrupt
-    create_model(conn, "cli_i", n_layer=4, n_head=4, d_model=256, n_positions=1024, seed=3)
+    create_model(conn, "cli_i", n_layer=4, n_head=4, n_embd=256, n_positions=1024, seed=3)
     load_tokenizer(conn, "cli_i", data_dir)
     yield "cli_i"
     conn.execute("SELECT llm_drop_model('cli_i')")

@@ -12,7 +12,7 @@ from pg_llm_cy.client import Client
 
 @pytest.fixture(scope="module")
 def client_model(conn, data_dir):
-    create_model(conn, "cli", n_layer=2, n_head=2, d_model=64, n_positions=96, seed=21)
+    create_model(conn, "cli", n_layer=2, n_head=2, n_embd=64, n_positions=96, seed=21)
     load_tokenizer(conn, "cli", data_dir)
     return "cli"
 

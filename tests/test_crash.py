@@ -18,7 +18,7 @@ from pg_llm_cy.cluster import LocalCluster, bindir_of
 from conftest import pg_config_path
 
 # ~10 M parameters: a write-back (data, m, v) is ~125 MB, long enough to be hit
-BIG = dict(n_layer=2, n_head=4, d_model=512, n_positions=64, vocab=8000)
+BIG = dict(n_layer=2, n_head=4, n_embd=512, n_positions=64, vocab=8000)
 HP = ("batch_size => 1, block_size => 8, learning_rate => 1e-3, warmup_iters => 0, "
       "lr_decay_iters => 10000, eval_interval => 0, dataset => 'crash'")
 

@@ -41,11 +41,11 @@ def test_llvm_bitcode_is_turned_off_cleanly():
 
 def test_create_extension_train_and_generate(conn, data_dir):
     assert sql_value(conn, "SELECT pg_llm_info()").startswith("pg_llm ")
-    create_model(conn, "distro", n_layer=1, n_head=2, d_model=32, n_positions=32)
+    create_model(conn, "distro", n_layer=1, n_head=2, n_embd=32, n_positions=32)
     load_tokenizer(conn, "distro", data_dir)
     conn.execute("SELECT llm_dataset_from_text('distro', repeat('To be, or not to be. ', 40), 16, 0.1, 'distro')")
     assert sql_value(conn, "SELECT llm_train('distro', 2, batch_size => 2, eval_interval => 0, "
                            "dataset => 'distro')") > 0
-    text = sql_value(conn, "SELECT llm_generate('To be', 8, 0, model_name => 'distro', eos_token => -1)")
-    assert text == sql_value(conn, "SELECT llm_generate('To be', 8, 0, model_name => 'distro', eos_token => -1)")
+    text = sql_value(conn, "SELECT llm_generate('To be', 8, 0, model => 'distro', eos_token => -1)")
+    assert text == sql_value(conn, "SELECT llm_generate('To be', 8, 0, model => 'distro', eos_token => -1)")
     assert len(text) > 0

@@ -19,13 +19,13 @@ from conftest import pg_config_path
 from helpers import create_model, load_tokenizer, sql_value
 from pg_llm_cy.cluster import bindir_of
 
-GREEDY = "SELECT llm_generate('The database', 12, 0, model_name => %s, eos_token => -1)"
+GREEDY = "SELECT llm_generate('The database', 12, 0, model => %s, eos_token => -1)"
 TRAIN = ("SELECT llm_train(%s, 3, batch_size => 2, block_size => 16, eval_interval => 0, "
          "warmup_iters => 0, dataset => 'dump_data')")
 
 # what a restore must give back, table by table (ordered, comparable rows)
 CONTENTS = {
-    "config": "SELECT model, n_layer, n_head, d_model, n_positions, vocab, layer_norm_eps, version, "
+    "config": "SELECT model, n_layer, n_head, n_embd, n_positions, vocab, layer_norm_eps, version, "
               "tokenizer_version, train_step, preset FROM llm_model_config ORDER BY model",
     "params": "SELECT model, name, shape, md5(data), md5(m), md5(v), octet_length(data) "
               "FROM llm_param ORDER BY model, name",
@@ -75,7 +75,7 @@ def source(cluster, pg_dsn, data_dir):
     dsn = fresh_db(cluster, pg_dsn, "pg_llm_dump_src")
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("CREATE EXTENSION pg_llm")
-        create_model(c, "dumped", n_layer=2, n_head=2, d_model=32, n_positions=32, seed=3)
+        create_model(c, "dumped", n_layer=2, n_head=2, n_embd=32, n_positions=32, seed=3)
         load_tokenizer(c, "dumped", data_dir)
         c.execute("SELECT llm_dataset_from_text('dumped', %s, 16, 0.2, 'dump_data')",
                   (open(os.path.join(data_dir, "tinyshakespeare.txt")).read()[:6000],))
@@ -185,7 +185,7 @@ def test_restored_row_replaces_the_untouched_preset(conn):
     inserted row replaces it; a changed row is no longer a preset."""
     conn.execute("BEGIN")
     try:
-        conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, d_model, n_positions, vocab, "
+        conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab, "
                      "version, train_step) VALUES ('gpt2-xl', 2, 2, 64, 128, 50257, 12345, 7)")
         assert conn.execute("SELECT n_layer, version, train_step, preset FROM llm_model_config "
                             "WHERE model = 'gpt2-xl'").fetchall() == [(2, 12345, 7, False)]

@@ -11,7 +11,7 @@ V = 50
 
 @pytest.fixture(scope="module", autouse=True)
 def model(conn):
-    create_model(conn, "err_train", n_layer=1, n_head=2, d_model=16, n_positions=32, vocab=V)
+    create_model(conn, "err_train", n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab=V)
     conn.execute("DELETE FROM llm_dataset WHERE dataset LIKE 'err%%'")
     conn.execute("INSERT INTO llm_dataset (dataset, tokens, target, split) "
                  "SELECT 'err', array_fill(i % 50, ARRAY[24]), array_fill((i + 1) % 50, ARRAY[24]), "
@@ -148,7 +148,7 @@ def test_dataset_rows_must_match(conn):
 def test_unknown_model_and_model_without_weights(conn):
     assert_sql_error(conn, "SELECT llm_train('no_such_model', 1, dataset => 'err')", (), "42704",
                      'model "no_such_model" does not exist')
-    conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, d_model, n_positions, vocab) "
+    conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab) "
                  "VALUES ('err_noweights', 1, 2, 16, 32, 50) ON CONFLICT DO NOTHING")
     assert_sql_error(conn, "SELECT llm_train('err_noweights', 1, batch_size => 2, dataset => 'err')", (),
                      "55000", 'model "err_noweights" has no parameters')
@@ -160,12 +160,12 @@ def test_training_memory_bound(conn):
     conn.execute("SET pg_llm.max_memory_mb = 1")
     try:
         # 4 x parameters (weights, gradients, m, v) of gpt2-small do not fit in 1 MB
-        create_model(conn, "err_big", n_layer=1, n_head=2, d_model=64, n_positions=32, vocab=5000)
+        create_model(conn, "err_big", n_layer=1, n_head=2, n_embd=64, n_positions=32, vocab=5000)
     except psycopg.Error:
         pass
     conn.execute("RESET pg_llm.max_memory_mb")
     if not sql_value(conn, "SELECT count(*) FROM llm_param WHERE model = 'err_big'"):
-        create_model(conn, "err_big", n_layer=1, n_head=2, d_model=64, n_positions=32, vocab=5000)
+        create_model(conn, "err_big", n_layer=1, n_head=2, n_embd=64, n_positions=32, vocab=5000)
     conn.execute("SET pg_llm.max_memory_mb = 2")
     try:
         assert_sql_error(conn, "SELECT llm_train('err_big', 1, dataset => 'err')", (), "54000",
@@ -192,7 +192,7 @@ def test_steps_without_a_run(pg_dsn):
 
 def test_pg_gpt2_form_checks_shape(conn):
     assert_sql_error(conn, "SELECT llm_train('err_train', 1, 2, 2, 16, 50)", (), "22023",
-                     'model "err_train" has n_layer 1, n_head 2, d_model 16, vocab 50, not 2, 2, 16, 50')
+                     'model "err_train" has n_layer 1, n_head 2, n_embd 16, vocab 50, not 2, 2, 16, 50')
     assert_sql_error(conn, "SELECT llm_train('no_such_model', 1, 1, 2, 16, 50)", (), "42704",
                      "does not exist")
 
@@ -249,7 +249,7 @@ def test_evaluate(conn):
 # ---------------------------------------------------------------------------
 def test_dataset_from_text(conn, data_dir):
     q = "SELECT llm_dataset_from_text('err_tok', %s, %s, %s, 'err_text')"
-    create_model(conn, "err_tok", n_layer=1, n_head=1, d_model=8, n_positions=16)
+    create_model(conn, "err_tok", n_layer=1, n_head=1, n_embd=8, n_positions=16)
     assert_sql_error(conn, q, ("some text", 4, 0.1), "55000", "tokenizer")
     load_tokenizer(conn, "err_tok", data_dir)
     text = "The quick brown fox jumps over the lazy dog. " * 10

@@ -16,7 +16,7 @@ from helpers import create_model, sql_value
 
 @pytest.fixture(scope="module")
 def model(conn, server_dir):
-    create_model(conn, "files_m", n_layer=1, n_head=1, d_model=8, n_positions=8, vocab=16)
+    create_model(conn, "files_m", n_layer=1, n_head=1, n_embd=8, n_positions=8, vocab=16)
     yield "files_m"
     conn.execute("SELECT llm_drop_model('files_m')")
 

@@ -15,7 +15,7 @@ GEN = "SELECT llm_generate(%s, %s, %s::float8, %s, %s::float8, 'gen')"
 
 @pytest.fixture(scope="module")
 def gen_model(conn, data_dir):
-    create_model(conn, "gen", n_layer=2, n_head=2, d_model=64, n_positions=96, seed=11)
+    create_model(conn, "gen", n_layer=2, n_head=2, n_embd=64, n_positions=96, seed=11)
     load_tokenizer(conn, "gen", data_dir)
     return "gen"
 
@@ -157,7 +157,7 @@ def test_perplexity(conn, gen_model):
 
 
 def test_generate_errors(conn, gen_model):
-    create_model(conn, "gen_notok", d_model=16, n_layer=1, n_head=1, n_positions=16)
+    create_model(conn, "gen_notok", n_embd=16, n_layer=1, n_head=1, n_positions=16)
     checks = [
         (GEN, ("x", 200, 0, 50, 1.0), "54000", "max_tokens 200 leaves no room for a prompt in the model's context of 96 positions"),
         (GEN, ("x", -1, 0, 50, 1.0), "22023", "max_tokens must not be negative"),
@@ -165,15 +165,15 @@ def test_generate_errors(conn, gen_model):
         (GEN, ("x", 5, 1.0, -1, 1.0), "22023", "topk must not be negative"),
         (GEN, ("x", 5, 1.0, 50, 0.0), "22023", "topp must lie in (0, 1]"),
         (GEN, ("x", 5, 1.0, 50, 1.5), "22023", "topp must lie in (0, 1]"),
-        ("SELECT llm_generate('x', 5, repetition_penalty => 0, model_name => 'gen')", (), "22023",
+        ("SELECT llm_generate('x', 5, repetition_penalty => 0, model => 'gen')", (), "22023",
          "repetition_penalty"),
-        ("SELECT llm_generate('x', 5, model_name => 'gen', eos_token => 99999)", (), "22023",
+        ("SELECT llm_generate('x', 5, model => 'gen', eos_token => 99999)", (), "22023",
          "eos_token 99999"),
-        ("SELECT llm_generate('x', 5, model_name => 'no_model')", (), "42704", "does not exist"),
-        ("SELECT llm_generate('x', 5, model_name => 'gen_notok')", (), "55000", "has no tokenizer"),
-        ("SELECT llm_generate('x', 5, model_name => 'gen', stop => array[NULL]::text[])", (), "22004",
+        ("SELECT llm_generate('x', 5, model => 'no_model')", (), "42704", "does not exist"),
+        ("SELECT llm_generate('x', 5, model => 'gen_notok')", (), "55000", "has no tokenizer"),
+        ("SELECT llm_generate('x', 5, model => 'gen', stop => array[NULL]::text[])", (), "22004",
          "stop must not contain NULL"),
-        ("SELECT * FROM llm_generate_stream('x', 5, -1.0, model_name => 'gen')", (), "22023",
+        ("SELECT * FROM llm_generate_stream('x', 5, -1.0, model => 'gen')", (), "22023",
          "temperature"),
         ("SELECT * FROM llm_beam_search('x', 0, 5, 'gen')", (), "22023", "beam_width"),
         ("SELECT * FROM llm_beam_search('x', 2, 500, 'gen')", (), "54000", "context"),
@@ -181,7 +181,7 @@ def test_generate_errors(conn, gen_model):
     ]
     for q, params, state, fragment in checks:
         assert_sql_error(conn, q, params, state, fragment)
-    assert sql_value(conn, "SELECT llm_generate(NULL, 5, model_name => 'gen')") is None
+    assert sql_value(conn, "SELECT llm_generate(NULL, 5, model => 'gen')") is None
 
 
 def test_long_prompts_truncate(conn, gen_model):
@@ -193,22 +193,22 @@ def test_long_prompts_truncate(conn, gen_model):
     n = len(sql_value(conn, "SELECT llm_encode(%s, 'gen')", (prompt,)))
     assert n > 96
     with pytest.raises(psycopg.errors.ProgramLimitExceeded) as e:
-        conn.execute("SELECT llm_generate(%s, 10, 0, model_name => 'gen')", (prompt,))
+        conn.execute("SELECT llm_generate(%s, 10, 0, model => 'gen')", (prompt,))
     assert e.value.diag.message_hint == "Pass truncate => true to keep the prompt's last 86 tokens, or shorten the prompt."
-    assert_sql_error(conn, "SELECT llm_generate(%s, 40, 0, model_name => 'gen')", (" ".join(["w"] * 80),),
+    assert_sql_error(conn, "SELECT llm_generate(%s, 40, 0, model => 'gen')", (" ".join(["w"] * 80),),
                      "54000", "the prompt's 80 tokens plus max_tokens 40 exceed")
     with pytest.raises(psycopg.errors.ProgramLimitExceeded) as e:
-        conn.execute("SELECT llm_generate(%s, 40, 0, model_name => 'gen')", (" ".join(["w"] * 80),))
+        conn.execute("SELECT llm_generate(%s, 40, 0, model => 'gen')", (" ".join(["w"] * 80),))
     assert e.value.diag.message_hint == ("Pass truncate => true to keep the prompt's last 56 tokens, ask for "
                                          "at most 16 tokens, or shorten the prompt.")
     ids = sql_value(conn, "SELECT llm_encode(%s, 'gen')", (prompt,))
     kept = sql_value(conn, "SELECT llm_decode(%s, 'gen')", (ids[-86:],))
-    want = sql_value(conn, "SELECT llm_generate(%s, 10, 0, model_name => 'gen', eos_token => -1)", (kept,))
-    got = sql_value(conn, "SELECT llm_generate(%s, 10, 0, model_name => 'gen', eos_token => -1, truncate => true)",
+    want = sql_value(conn, "SELECT llm_generate(%s, 10, 0, model => 'gen', eos_token => -1)", (kept,))
+    got = sql_value(conn, "SELECT llm_generate(%s, 10, 0, model => 'gen', eos_token => -1, truncate => true)",
                     (prompt,))
     assert got == want and len(got) > 0
     streamed = sql_value(conn, "SELECT string_agg(token, '' ORDER BY step) FROM llm_generate_stream(%s, 10, 0, "
-                               "model_name => 'gen', eos_token => -1, truncate => true)", (prompt,))
+                               "model => 'gen', eos_token => -1, truncate => true)", (prompt,))
     assert streamed == want
     beams = conn.execute("SELECT text FROM llm_beam_search(%s, 2, 10, 'gen', 1.0, -1, truncate => true) "
                          "ORDER BY rank", (prompt,)).fetchall()

@@ -14,10 +14,10 @@ MB = "pg_llm.max_memory_mb"
 @pytest.fixture(scope="module")
 def mem(conn, data_dir, pg_dsn):
     # a model whose full-context KV cache is 4 layers x 2 x 1024 x 512 x 4 B = 16 MB
-    create_model(conn, "mem", n_layer=4, n_head=8, d_model=512, n_positions=1024, vocab=50257)
+    create_model(conn, "mem", n_layer=4, n_head=8, n_embd=512, n_positions=1024, vocab=50257)
     load_tokenizer(conn, "mem", data_dir)
     # for training: 13 M parameters, state 4 x 52 MB
-    create_model(conn, "mem_train", n_layer=4, n_head=8, d_model=512, n_positions=1024, vocab=1000)
+    create_model(conn, "mem_train", n_layer=4, n_head=8, n_embd=512, n_positions=1024, vocab=1000)
     conn.execute("DELETE FROM llm_dataset WHERE dataset = 'mem'")
     conn.execute("INSERT INTO llm_dataset (dataset, tokens, target) SELECT 'mem', array_fill(i, ARRAY[64]), "
                  "array_fill(i + 1, ARRAY[64]) FROM generate_series(1, 8) i")
@@ -52,7 +52,7 @@ def test_logits_activations(mem):
 def test_generation_kv_cache(mem):
     # KV cache: 4 layers x 2 x (prompt + 200) x 512 x 4 B = 3.3 MB
     limited(mem, 2, "SELECT llm_generate('Hello', 200, 0, 50, 1.0, 'mem', -1)", ())
-    limited(mem, 2, "SELECT count(*) FROM llm_generate_stream('Hello', 200, model_name => 'mem', eos_token => -1)",
+    limited(mem, 2, "SELECT count(*) FROM llm_generate_stream('Hello', 200, model => 'mem', eos_token => -1)",
             (), then_run=False)
 
 

@@ -12,7 +12,7 @@ from pg_llm_cy.gpt2 import GPT2Config, flat_from_table, num_params
 
 def test_preregistered_sizes(conn):
     rows = dict((r[0], r[1:]) for r in conn.execute(
-        "SELECT model, n_layer, n_head, d_model, n_positions, vocab FROM llm_model_config "
+        "SELECT model, n_layer, n_head, n_embd, n_positions, vocab FROM llm_model_config "
         "WHERE model LIKE 'gpt2-%'"))
     assert rows["gpt2-small"] == (12, 12, 768, 1024, 50257)
     assert rows["gpt2-medium"] == (24, 16, 1024, 1024, 50257)
@@ -21,7 +21,7 @@ def test_preregistered_sizes(conn):
 
 
 def test_create_model_gpt2_init(conn):
-    n = create_model(conn, "init_a", n_layer=3, n_head=2, d_model=32, n_positions=40, vocab=300)
+    n = create_model(conn, "init_a", n_layer=3, n_head=2, n_embd=32, n_positions=40, vocab=300)
     cfg = GPT2Config(3, 2, 32, 40, 300)
     assert n == num_params(cfg)
     p = model_params(conn, "init_a")
@@ -40,28 +40,28 @@ def test_create_model_gpt2_init(conn):
 
 
 def test_create_model_seed(conn):
-    create_model(conn, "seed_a", seed=5, d_model=16, vocab=50)
-    create_model(conn, "seed_b", seed=5, d_model=16, vocab=50)
-    create_model(conn, "seed_c", seed=6, d_model=16, vocab=50)
+    create_model(conn, "seed_a", seed=5, n_embd=16, vocab=50)
+    create_model(conn, "seed_b", seed=5, n_embd=16, vocab=50)
+    create_model(conn, "seed_c", seed=6, n_embd=16, vocab=50)
     a, b, c = (model_params(conn, m)["wte.weight"] for m in ("seed_a", "seed_b", "seed_c"))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_create_from_registered_config(conn):
     conn.execute("DELETE FROM llm_model_config WHERE model = 'reg'")
-    conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, d_model, n_positions, vocab) "
+    conn.execute("INSERT INTO llm_model_config (model, n_layer, n_head, n_embd, n_positions, vocab) "
                  "VALUES ('reg', 1, 1, 8, 16, 20)")
     assert sql_value(conn, "SELECT llm_create_model('reg')") == num_params(GPT2Config(1, 1, 8, 16, 20))
 
 
 def test_create_errors(conn):
-    create_model(conn, "dup", d_model=16, vocab=50)
+    create_model(conn, "dup", n_embd=16, vocab=50)
     assert_sql_error(conn, "SELECT llm_create_model('dup', 1, 1, 16, 16, 50)", (), "42710",
                      "already exists")
     assert_sql_error(conn, "SELECT llm_create_model('fresh_one', 2)", (), "22004",
                      "n_head is required")
     assert_sql_error(conn, "SELECT llm_create_model('bad', 2, 3, 64, 16, 50)", (), "22023",
-                     "must divide d_model")
+                     "must divide n_embd")
     assert_sql_error(conn, "SELECT llm_create_model('bad', 0, 1, 64, 16, 50)", (), "22023",
                      "out of range")
     assert_sql_error(conn, "SELECT llm_create_model(NULL, 1, 1, 8, 8, 8)", (), "22004", "must not be NULL")
@@ -69,14 +69,14 @@ def test_create_errors(conn):
 
 
 def test_drop_model(conn):
-    create_model(conn, "to_drop", d_model=16, vocab=50)
+    create_model(conn, "to_drop", n_embd=16, vocab=50)
     conn.execute("SELECT llm_drop_model('to_drop')")
     assert conn.execute("SELECT count(*) FROM llm_param WHERE model = 'to_drop'").fetchone()[0] == 0
     assert_sql_error(conn, "SELECT llm_drop_model('to_drop')", (), "42704", "does not exist")
 
 
 def test_logits_match_kernels(conn):
-    create_model(conn, "lg", n_layer=2, n_head=2, d_model=32, n_positions=24, vocab=77, seed=3)
+    create_model(conn, "lg", n_layer=2, n_head=2, n_embd=32, n_positions=24, vocab=77, seed=3)
     cfg = GPT2Config(2, 2, 32, 24, 77)
     flat = flat_from_table(cfg, model_params(conn, "lg"))
     toks = np.array([5, 9, 1, 76, 0, 33], np.int32)
@@ -89,7 +89,7 @@ def test_logits_match_kernels(conn):
 
 
 def test_cache_hits_and_reload(pg_dsn, conn):
-    create_model(conn, "cached", d_model=16, vocab=50, seed=1)
+    create_model(conn, "cached", n_embd=16, vocab=50, seed=1)
     c = psycopg.connect(pg_dsn, autocommit=True)
     stats = "SELECT model_loads, cache_hits FROM pg_llm_backend_stats()"
     c.execute("SELECT llm_logits(array[1,2], 'cached')")
@@ -100,7 +100,7 @@ def test_cache_hits_and_reload(pg_dsn, conn):
     before = c.execute("SELECT llm_logits(array[1,2], 'cached')").fetchone()[0]
     # another session replaces the model: the next call reloads it
     conn.execute("SELECT llm_drop_model('cached')")
-    create_model(conn, "cached", d_model=16, vocab=50, seed=2)
+    create_model(conn, "cached", n_embd=16, vocab=50, seed=2)
     after = c.execute("SELECT llm_logits(array[1,2], 'cached')").fetchone()[0]
     assert after != before
     assert c.execute(stats).fetchone()[0] == loads0 + 1
@@ -111,7 +111,7 @@ def test_cache_hits_and_reload(pg_dsn, conn):
 
 
 def test_cache_bound(pg_dsn, conn):
-    create_model(conn, "big_one", d_model=256, vocab=5000, n_layer=1, n_head=4)
+    create_model(conn, "big_one", n_embd=256, vocab=5000, n_layer=1, n_head=4)
     c = psycopg.connect(pg_dsn, autocommit=True)
     c.execute("SET pg_llm.model_cache_mb = 1")
     assert_sql_error(c, "SELECT llm_logits(array[1], 'big_one')", (), "54000", "pg_llm.model_cache_mb")
@@ -121,7 +121,7 @@ def test_cache_bound(pg_dsn, conn):
 
 
 def test_logits_errors(conn):
-    create_model(conn, "errm", d_model=16, vocab=50, n_positions=8)
+    create_model(conn, "errm", n_embd=16, vocab=50, n_positions=8)
     assert_sql_error(conn, "SELECT llm_logits(array[1], 'nope')", (), "42704", "does not exist")
     assert_sql_error(conn, "SELECT llm_logits('{}'::int[], 'errm')", (), "22023", "empty")
     assert_sql_error(conn, "SELECT llm_logits(array[1, 50], 'errm')", (), "22003",

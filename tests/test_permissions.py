@@ -19,7 +19,7 @@ def roles(conn, pg_dsn, data_dir, server_dir):
         conn.execute(f"CREATE ROLE {r} LOGIN")
     conn.execute("GRANT pgllm_admin TO llm_trainer, llm_filer")
     conn.execute("GRANT pg_read_server_files, pg_write_server_files TO llm_filer")
-    create_model(conn, "perm", n_layer=1, n_head=2, d_model=16, n_positions=32)
+    create_model(conn, "perm", n_layer=1, n_head=2, n_embd=16, n_positions=32)
     load_tokenizer(conn, "perm", data_dir)
     conn.execute("DELETE FROM llm_dataset WHERE dataset = 'perm'")
     conn.execute("INSERT INTO llm_dataset (dataset, tokens, target) "
@@ -53,7 +53,7 @@ def test_ordinary_role_generates(roles):
         assert ids == [15496, 995]
         assert sql_value(c, "SELECT llm_decode(%s, 'perm')", (ids,)) == "Hello world"
         assert len(sql_value(c, "SELECT llm_generate('Hello', 5, 0, 50, 1.0, 'perm', -1)")) > 0
-        assert c.execute("SELECT count(*) FROM llm_generate_stream('Hello', 3, model_name => 'perm', "
+        assert c.execute("SELECT count(*) FROM llm_generate_stream('Hello', 3, model => 'perm', "
                          "eos_token => -1)").fetchone()[0] == 3
         assert c.execute("SELECT count(*) FROM llm_beam_search('Hello', 2, 3, 'perm')").fetchone()[0] == 2
         assert sql_value(c, "SELECT llm_perplexity('Hello world', 'perm')") > 1

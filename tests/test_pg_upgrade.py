@@ -27,7 +27,7 @@ STATE = [
     f"SELECT count(*), md5(string_agg(encode(token, 'hex'), ',' ORDER BY token_id)) FROM llm_vocab WHERE model = '{M}'",
     "SELECT checkpoint_id, name, md5(data) FROM llm_checkpoint_param ORDER BY 1, 2",
     "SELECT extversion FROM pg_extension WHERE extname = 'pg_llm'",
-    f"SELECT llm_generate('To be', 12, 0, model_name => '{M}', eos_token => -1)",
+    f"SELECT llm_generate('To be', 12, 0, model => '{M}', eos_token => -1)",
 ]
 
 

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.heavy          # once, on the newest PostgreSQL
 
 M = "replica_m"
 READS = {
-    "generate": f"SELECT llm_generate('To be', 12, 0, model_name => '{M}', eos_token => -1)",
+    "generate": f"SELECT llm_generate('To be', 12, 0, model => '{M}', eos_token => -1)",
     "stream": f"SELECT string_agg(token, '' ORDER BY step) FROM llm_generate_stream('To be', 6, 0, "
-              f"model_name => '{M}', eos_token => -1)",
+              f"model => '{M}', eos_token => -1)",
     "beam": f"SELECT array_agg(text ORDER BY rank) FROM llm_beam_search('To be', 2, 5, '{M}', 1.0, -1)",
     "encode": f"SELECT llm_encode('Hello world', '{M}')",
     "decode": f"SELECT llm_decode(ARRAY[15496, 995], '{M}')",

@@ -245,10 +245,10 @@ def attack(cluster, pg_dsn, data_dir, server_dir, server_version_num):
             c.execute(f"GRANT CREATE ON SCHEMA public TO {ATTACKER}")
             if k == "run":
                 c.execute("CREATE EXTENSION pg_llm")
-                create_model(c, "bi", n_layer=1, n_head=2, d_model=16, n_positions=32)
+                create_model(c, "bi", n_layer=1, n_head=2, n_embd=16, n_positions=32)
                 load_tokenizer(c, "bi", data_dir)
-                create_model(c, "bi_train", n_layer=1, n_head=2, d_model=16, n_positions=32)
-                create_model(c, "bi_tok", n_layer=1, n_head=1, d_model=8, n_positions=8)
+                create_model(c, "bi_train", n_layer=1, n_head=2, n_embd=16, n_positions=32)
+                create_model(c, "bi_tok", n_layer=1, n_head=1, n_embd=8, n_positions=8)
                 c.execute("INSERT INTO llm_dataset (dataset, tokens, target, split) "
                           "SELECT d, array_fill(i, ARRAY[8]), array_fill(i + 1, ARRAY[8]), "
                           "CASE WHEN i % 4 = 0 THEN 'val' ELSE 'train' END "

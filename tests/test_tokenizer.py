@@ -28,7 +28,7 @@ def tiktoken_gpt2(data_dir):
 
 @pytest.fixture(scope="module")
 def tok_model(conn, data_dir):
-    create_model(conn, "tok", d_model=8, n_layer=1, n_head=1, n_positions=8)
+    create_model(conn, "tok", n_embd=8, n_layer=1, n_head=1, n_positions=8)
     load_tokenizer(conn, "tok", data_dir)
     return "tok"
 
@@ -123,7 +123,7 @@ def test_decode_partial_characters(conn, tok_model, py_tokenizer):
 
 def test_vocab_and_merges_in_one_statement(conn, data_dir):
     """The merges loader sees the vocabulary loaded by the same SELECT."""
-    create_model(conn, "onestmt", n_layer=1, n_head=2, d_model=16, n_positions=32)
+    create_model(conn, "onestmt", n_layer=1, n_head=2, n_embd=16, n_positions=32)
     vocab = open(f"{data_dir}/gpt2/vocab.json", encoding="utf-8").read()
     merges = open(f"{data_dir}/gpt2/merges.txt", encoding="utf-8").read()
     try:
@@ -152,7 +152,7 @@ def test_generating_the_nul_token(conn, data_dir, py_tokenizer):
     """A model that always picks byte 0's token: generate, stream and beam
     search return U+FFFD for it instead of failing."""
     nul = py_tokenizer.encode("\x00").tolist()[0]
-    create_model(conn, "nulgen", n_layer=1, n_head=2, d_model=16, n_positions=32)
+    create_model(conn, "nulgen", n_layer=1, n_head=2, n_embd=16, n_positions=32)
     load_tokenizer(conn, "nulgen", data_dir)
     # ln_f's output becomes its bias (all ones), so the logits are wte's row sums
     conn.execute("UPDATE llm_param SET data = pg_llm_zeros_like(data) WHERE model = 'nulgen' "
@@ -168,9 +168,9 @@ def test_generating_the_nul_token(conn, data_dir, py_tokenizer):
                  "WHERE model = 'nulgen'")
     try:
         assert sql_value(conn, "SELECT llm_generate('Hi', 4, temperature => 0, "
-                               "model_name => 'nulgen', eos_token => -1)") == "\ufffd" * 4
+                               "model => 'nulgen', eos_token => -1)") == "\ufffd" * 4
         rows = conn.execute("SELECT token, text FROM llm_generate_stream('Hi', 3, temperature => 0, "
-                            "model_name => 'nulgen', eos_token => -1)").fetchall()
+                            "model => 'nulgen', eos_token => -1)").fetchall()
         assert [r[0] for r in rows] == ["\ufffd"] * 3 and rows[-1][1] == "\ufffd" * 3
         beams = conn.execute("SELECT text FROM llm_beam_search('Hi', 2, 3, 'nulgen', 1.0, -1)").fetchall()
         assert "\ufffd\ufffd\ufffd" in [b[0] for b in beams]
@@ -185,7 +185,7 @@ def test_pre_tokenizer_pieces(text):
 
 
 def test_client_side_ingestion(conn, data_dir):
-    create_model(conn, "tok_client", d_model=8, n_layer=1, n_head=1, n_positions=8)
+    create_model(conn, "tok_client", n_embd=8, n_layer=1, n_head=1, n_positions=8)
     n_tok, n_merge = ingest(conn, "tok_client", f"{data_dir}/gpt2/vocab.json",
                             f"{data_dir}/gpt2/merges.txt")
     assert (n_tok, n_merge) == (50257, 50000)
@@ -193,7 +193,7 @@ def test_client_side_ingestion(conn, data_dir):
 
 
 def test_errors(conn, tok_model, data_dir, server_dir):
-    create_model(conn, "notok", d_model=8, n_layer=1, n_head=1, n_positions=8)
+    create_model(conn, "notok", n_embd=8, n_layer=1, n_head=1, n_positions=8)
     assert_sql_error(conn, "SELECT llm_encode('x', 'notok')", (), "55000", "has no tokenizer")
     assert_sql_error(conn, "SELECT llm_decode(array[1], 'notok')", (), "55000", "has no tokenizer")
     assert_sql_error(conn, "SELECT llm_encode('x', 'no_such_model')", (), "42704", "does not exist")
@@ -223,7 +223,7 @@ def test_pg_gpt2_views(conn, data_dir):
     """pg_gpt2's llm_bpe_vocab and llm_bpe_merges: vocab.json's keys and
     merges.txt's lines, read-only."""
     import json
-    create_model(conn, "views_m", n_layer=1, n_head=1, d_model=8, n_positions=8)
+    create_model(conn, "views_m", n_layer=1, n_head=1, n_embd=8, n_positions=8)
     try:
         load_tokenizer(conn, "views_m", data_dir)
         vocab = json.load(open(f"{data_dir}/gpt2/vocab.json", encoding="utf-8"))

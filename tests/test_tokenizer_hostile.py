@@ -115,7 +115,7 @@ def write_vocab(c, model, tokens, merges=((97, 97, 256),), bump=True):
 
 @pytest.fixture(scope="module")
 def model(conn):
-    create_model(conn, "hostile", n_layer=1, n_head=1, d_model=8, n_positions=16, vocab=64)
+    create_model(conn, "hostile", n_layer=1, n_head=1, n_embd=8, n_positions=16, vocab=64)
     yield "hostile"
     conn.execute("SELECT llm_drop_model('hostile')")
 

@@ -32,8 +32,8 @@ def fill_dataset(conn, dataset, n_train=40, n_val=8, row_len=33, seed=0):
             cp.write_row((dataset, seq[:-1], seq[1:], "train" if i < n_train else "val"))
 
 
-def tiny_model(conn, name, seed=1, n_positions=64, d_model=32):
-    create_model(conn, name, n_layer=2, n_head=2, d_model=d_model, n_positions=n_positions,
+def tiny_model(conn, name, seed=1, n_positions=64, n_embd=32):
+    create_model(conn, name, n_layer=2, n_head=2, n_embd=n_embd, n_positions=n_positions,
                  vocab=V, seed=seed)
     conn.execute("DELETE FROM llm_train_log WHERE model = %s", (name,))
 
@@ -59,7 +59,7 @@ def datasets(conn):
 # datasets
 # ---------------------------------------------------------------------------
 def test_dataset_from_text_matches_prepare_script(conn, data_dir):
-    create_model(conn, "ds_model", n_layer=1, n_head=1, d_model=8, n_positions=64)
+    create_model(conn, "ds_model", n_layer=1, n_head=1, n_embd=8, n_positions=64)
     load_tokenizer(conn, "ds_model", data_dir)
     with open(os.path.join(data_dir, "tinyshakespeare.txt"), encoding="utf-8") as f:
         text = f.read()[:200000]
@@ -217,7 +217,7 @@ def test_dropout_in_training_only(conn):
 
 
 def test_max_seconds_bounds_the_run(conn):
-    tiny_model(conn, "tr_time", d_model=64)
+    tiny_model(conn, "tr_time", n_embd=64)
     notices = []
 
     def on_notice(d):
@@ -303,7 +303,7 @@ def hp_sql(n):
 @pytest.mark.parametrize("how", ["cancel", "statement_timeout"])
 def test_interrupted_run_keeps_last_writeback(conn, pg_dsn, how):
     name = f"pr_{how}"
-    tiny_model(conn, name, d_model=128)
+    tiny_model(conn, name, n_embd=128)
     setup = ["SET statement_timeout = '2500ms'"] if how == "statement_timeout" else []
     call = Call(pg_dsn, f"CALL llm_train_run('{name}', {hp_sql(5000)}, checkpoint_interval => 7)",
                 setup)
@@ -321,7 +321,7 @@ def test_interrupted_run_keeps_last_writeback(conn, pg_dsn, how):
     assert done % 7 == 0 and done >= 7 and logged >= done
     # the model is exactly the model after `done` steps: train a twin that far
     twin = f"{name}_twin"
-    tiny_model(conn, twin, d_model=128)
+    tiny_model(conn, twin, n_embd=128)
     conn.execute(f"SELECT llm_train('{twin}', {hp_sql(done)})")
     assert param_bytes(conn, name) == param_bytes(conn, twin)
     assert log(conn, name)[:done] == log(conn, twin)
@@ -527,7 +527,7 @@ def test_cli_train_and_plot(conn, pg_dsn, tmp_path):
 @pytest.mark.heavy
 def test_tinyshakespeare_from_scratch(conn, data_dir):
     """4 layers, 4 heads, 128 embedding, block 64, GPT-2's tokenizer."""
-    create_model(conn, "shakespeare", n_layer=4, n_head=4, d_model=128, n_positions=64, seed=1337)
+    create_model(conn, "shakespeare", n_layer=4, n_head=4, n_embd=128, n_positions=64, seed=1337)
     load_tokenizer(conn, "shakespeare", data_dir)
     with open(os.path.join(data_dir, "tinyshakespeare.txt"), encoding="utf-8") as f:
         rows = sql_value(conn, "SELECT llm_dataset_from_text('shakespeare', %s, 64, 0.1, 'shakespeare')",

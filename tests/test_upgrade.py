@@ -136,7 +136,7 @@ def test_upgrade_equals_fresh_install_and_keeps_data(databases):
         assert sql_value(c, "SELECT extversion FROM pg_extension WHERE extname='pg_llm'") \
             == previous
         # data made under the previous version must survive the update
-        create_model(c, "kept", n_layer=1, n_head=2, d_model=32, n_positions=16, vocab=64)
+        create_model(c, "kept", n_layer=1, n_head=2, n_embd=32, n_positions=16, vocab=64)
         before = c.execute("SELECT name, data FROM llm_param WHERE model='kept' "
                            "ORDER BY name").fetchall()
         version_before = sql_value(c, "SELECT version FROM llm_model_config WHERE model='kept'")

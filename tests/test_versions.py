@@ -32,7 +32,7 @@ def test_weights_training_and_checkpoints_with_the_versions_defaults(conn, serve
     if server_version_num >= 180000:
         assert sql_value(conn, "SHOW data_checksums") == "on"
         assert sql_value(conn, "SHOW io_method") == "worker"
-    create_model(conn, "versions", n_layer=2, n_head=2, d_model=32, n_positions=32, seed=4)
+    create_model(conn, "versions", n_layer=2, n_head=2, n_embd=32, n_positions=32, seed=4)
     conn.execute("INSERT INTO llm_dataset (dataset, tokens, target) SELECT 'versions', "
                  "ARRAY(SELECT (i * 7 + j) % 50257 FROM generate_series(1, 16) j), "
                  "ARRAY(SELECT (i * 7 + j + 1) % 50257 FROM generate_series(1, 16) j) FROM generate_series(1, 8) i")

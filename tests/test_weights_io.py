@@ -53,7 +53,7 @@ def test_import(conn, server_dir, fmt, prefix):
     toks = [1, 5, 59, 0, 7]
     want = K.gpt2_logits(to_flat(CFG, state), CFG, toks)
     np.testing.assert_array_equal(imported_logits(conn, "imp", toks), want)
-    assert conn.execute("SELECT n_layer, n_head, d_model, n_positions, vocab FROM llm_model_config "
+    assert conn.execute("SELECT n_layer, n_head, n_embd, n_positions, vocab FROM llm_model_config "
                         "WHERE model = 'imp'").fetchone() == (2, 2, 32, 16, 60)
 
 

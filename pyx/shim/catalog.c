@@ -19,6 +19,7 @@
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 
 /* ---------------------------------------------------------------------------
  * SPI with a pinned search_path
@@ -87,6 +88,7 @@ pg_llm_require_primary(PG_FUNCTION_ARGS)
  * ------------------------------------------------------------------------- */
 static Oid	schema_ext_oid = InvalidOid;
 static char *schema_quoted = NULL;
+static Oid	schema_oid = InvalidOid;
 
 const char *
 pgllm_table(const char *table)
@@ -103,7 +105,7 @@ pgllm_table(const char *table)
 		Datum		nsp;
 		int			spi = pgllm_spi_begin();
 
-		if (pgllm_spi_exec("SELECT n.nspname::pg_catalog.text FROM pg_catalog.pg_extension e "
+		if (pgllm_spi_exec("SELECT n.nspname::pg_catalog.text, n.oid FROM pg_catalog.pg_extension e "
 						   "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace "
 						   "WHERE e.oid OPERATOR(pg_catalog.=) $1",
 						   1, (Oid[]) {OIDOID}, (Datum[]) {ObjectIdGetDatum(ext)},
@@ -114,10 +116,28 @@ pgllm_table(const char *table)
 			pfree(schema_quoted);
 		schema_quoted = MemoryContextStrdup(TopMemoryContext,
 											quote_identifier(TextDatumGetCString(nsp)));
+		schema_oid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+													&isnull));
 		pgllm_spi_end(spi);
 		schema_ext_oid = ext;
 	}
 	return psprintf("%s.%s", schema_quoted, table);
+}
+
+/*
+ * The width's column of llm_model_config: n_embd from 0.3.0 on, d_model
+ * before.  A database keeps its extension version until ALTER EXTENSION
+ * UPDATE, while the library is already the new one: asked of the catalog
+ * each time (a syscache lookup), so an update in another session is seen.
+ */
+const char *
+pgllm_embd_column(void)
+{
+	Oid			rel;
+
+	(void) pgllm_table("llm_model_config");		/* the schema */
+	rel = get_relname_relid("llm_model_config", schema_oid);
+	return (OidIsValid(rel) && get_attnum(rel, "d_model") != InvalidAttrNumber) ? "d_model" : "n_embd";
 }
 
 /* "pg_catalog.nextval('<schema>.llm_model_version_seq'::pg_catalog.regclass)" */
@@ -149,9 +169,9 @@ pgllm_model_config(const char *name, PgllmGPT2Config *cfg, int64 *version)
 	HeapTuple	tup;
 	TupleDesc	td;
 	bool		isnull;
-	char	   *sql = psprintf("SELECT n_layer, n_head, d_model, n_positions, vocab, "
+	char	   *sql = psprintf("SELECT n_layer, n_head, %s, n_positions, vocab, "
 							   "layer_norm_eps, version FROM %s WHERE model OPERATOR(pg_catalog.=) $1",
-							   pgllm_table("llm_model_config"));
+							   pgllm_embd_column(), pgllm_table("llm_model_config"));
 	int			spi = pgllm_spi_begin();
 
 	if (pgllm_spi_exec(sql, 1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(name)}, NULL,
@@ -224,14 +244,18 @@ pgllm_model_has_params(const char *name)
 void
 pgllm_config_upsert(const char *name, const PgllmGPT2Config *cfg, bool reset_step)
 {
-	int			spi = pgllm_spi_begin();
+	int			spi;
 
-	pgllm_spi_exec(psprintf("INSERT INTO %s AS c (model, n_layer, n_head, d_model, n_positions, vocab) "
+	const char *embd = pgllm_embd_column();
+
+	spi = pgllm_spi_begin();
+	pgllm_spi_exec(psprintf("INSERT INTO %s AS c (model, n_layer, n_head, %s, n_positions, vocab) "
 							"VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (model) DO UPDATE "
 							"SET n_layer = EXCLUDED.n_layer, n_head = EXCLUDED.n_head, "
-							"d_model = EXCLUDED.d_model, n_positions = EXCLUDED.n_positions, "
+							"%s = EXCLUDED.%s, n_positions = EXCLUDED.n_positions, "
 							"vocab = EXCLUDED.vocab, updated_at = pg_catalog.now()%s",
-							pgllm_table("llm_model_config"), reset_step ? ", train_step = 0" : ""),
+							pgllm_table("llm_model_config"), embd, embd, embd,
+							reset_step ? ", train_step = 0" : ""),
 				   6, (Oid[]) {TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID},
 				   (Datum[]) {CStringGetTextDatum(name), Int32GetDatum(cfg->n_layer),
 					   Int32GetDatum(cfg->n_head), Int32GetDatum(cfg->n_embd),
@@ -248,13 +272,13 @@ pgllm_config_check(const PgllmGPT2Config *cfg, const char *fn)
 		cfg->vocab < 1 || cfg->vocab > 16777216)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: configuration out of range (n_layer %lld, n_head %lld, d_model %lld, n_positions %lld, vocab %lld)",
+				 errmsg("%s: configuration out of range (n_layer %lld, n_head %lld, n_embd %lld, n_positions %lld, vocab %lld)",
 						fn, (long long) cfg->n_layer, (long long) cfg->n_head,
 						(long long) cfg->n_embd, (long long) cfg->n_positions,
 						(long long) cfg->vocab)));
 	if (cfg->n_embd % cfg->n_head != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s: n_head (%lld) must divide d_model (%lld)", fn,
+				 errmsg("%s: n_head (%lld) must divide n_embd (%lld)", fn,
 						(long long) cfg->n_head, (long long) cfg->n_embd)));
 }

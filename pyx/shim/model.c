@@ -651,7 +651,7 @@ pg_llm_create_model(PG_FUNCTION_ARGS)
 	}
 	cfg.n_layer = int_arg_or(fcinfo, 1, old.n_layer, "n_layer", exists, name);
 	cfg.n_head = int_arg_or(fcinfo, 2, old.n_head, "n_head", exists, name);
-	cfg.n_embd = int_arg_or(fcinfo, 3, old.n_embd, "d_model", exists, name);
+	cfg.n_embd = int_arg_or(fcinfo, 3, old.n_embd, "n_embd", exists, name);
 	cfg.n_positions = int_arg_or(fcinfo, 4, old.n_positions, "n_positions", exists, name);
 	cfg.vocab = int_arg_or(fcinfo, 5, old.vocab, "vocab", exists, name);
 	cfg.eps = 1e-5f;

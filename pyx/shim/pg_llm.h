@@ -177,6 +177,9 @@ extern void pgllm_require_primary(const char *fn);
  * "\"public\".llm_param"), immune to search_path */
 extern const char *pgllm_table(const char *table);
 
+/* the width's column of llm_model_config: n_embd (d_model before 0.3.0) */
+extern const char *pgllm_embd_column(void);
+
 /* SQL for the next model version: a qualified nextval of the sequence */
 extern const char *pgllm_next_version_sql(void);
 

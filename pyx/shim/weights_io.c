@@ -395,7 +395,7 @@ pg_llm_import_npz(PG_FUNCTION_ARGS)
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("pg_llm_import_npz: cannot tell n_head for d_model %lld",
+					 errmsg("pg_llm_import_npz: cannot tell n_head for n_embd %lld",
 							(long long) cfg.n_embd),
 					 errhint("Pass it: pg_llm_import_npz(path, model, n_head => ...).")));
 	}
