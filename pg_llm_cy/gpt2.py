@@ -3,11 +3,13 @@
 Tables and files use HuggingFace GPT-2 names and shapes (`h.0.attn.c_attn.weight`
 is (n_embd, 3*n_embd): Conv1D keeps weights as (in, out)).  In memory the
 kernels keep all parameters in one buffer in llm.c's order, with linear
-weights as (out, in) -- PARAM_KINDS lists that order.  `to_flat` /
+weights as (out, in) -- the kernels' parameter table (param_kinds) lists
+that order; this module derives every name and shape from it.  `to_flat` /
 `from_flat` convert between the two and assert every shape.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -34,50 +36,46 @@ SIZES = {
     "gpt2-xl": GPT2Config(48, 25, 1600),
 }
 
-# llm.c order: (HF name with {l} for the layer, per-layer?, transposed in memory)
-PARAM_KINDS = [
-    ("wte.weight", False, False),
-    ("wpe.weight", False, False),
-    ("h.{l}.ln_1.weight", True, False),
-    ("h.{l}.ln_1.bias", True, False),
-    ("h.{l}.attn.c_attn.weight", True, True),
-    ("h.{l}.attn.c_attn.bias", True, False),
-    ("h.{l}.attn.c_proj.weight", True, True),
-    ("h.{l}.attn.c_proj.bias", True, False),
-    ("h.{l}.ln_2.weight", True, False),
-    ("h.{l}.ln_2.bias", True, False),
-    ("h.{l}.mlp.c_fc.weight", True, True),
-    ("h.{l}.mlp.c_fc.bias", True, False),
-    ("h.{l}.mlp.c_proj.weight", True, True),
-    ("h.{l}.mlp.c_proj.bias", True, False),
-    ("ln_f.weight", False, False),
-    ("ln_f.bias", False, False),
-]
-
 # buffers in HuggingFace state dicts that are not parameters
 IGNORED = re.compile(r"^(h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight)$")
 
 
+@functools.lru_cache(maxsize=None)
+def param_kinds(cfg: GPT2Config) -> tuple:
+    """The kernels' one parameter table (gpt2_param_table), in llm.c's order:
+    (HF name with {l} for the layer, per layer, transposed in memory,
+    HuggingFace shape)."""
+    from pg_llm_cy._kernels import gpt2_param_table
+    kinds = []
+    for suffix, per_layer, transposed, rows, cols in gpt2_param_table(
+            cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, cfg.vocab):
+        shape = (rows,) if cols == 1 else ((cols, rows) if transposed else (rows, cols))
+        kinds.append(("h.{l}." + suffix if per_layer else suffix, per_layer, transposed, shape))
+    return tuple(kinds)
+
+
+def _kind(cfg: GPT2Config, name: str) -> tuple:
+    base = re.sub(r"^h\.\d+\.", "h.{l}.", name)
+    for kind in param_kinds(cfg):
+        if kind[0] == base:
+            return kind
+    raise KeyError(f"{name} is not a GPT-2 parameter")
+
+
 def hf_shape(cfg: GPT2Config, name: str) -> tuple:
     """HuggingFace shape of the parameter `name` (without `transformer.`)."""
-    C, V, T = cfg.n_embd, cfg.vocab, cfg.n_positions
-    base = re.sub(r"^h\.\d+\.", "h.{l}.", name)
-    shapes = {
-        "wte.weight": (V, C), "wpe.weight": (T, C),
-        "h.{l}.ln_1.weight": (C,), "h.{l}.ln_1.bias": (C,),
-        "h.{l}.attn.c_attn.weight": (C, 3 * C), "h.{l}.attn.c_attn.bias": (3 * C,),
-        "h.{l}.attn.c_proj.weight": (C, C), "h.{l}.attn.c_proj.bias": (C,),
-        "h.{l}.ln_2.weight": (C,), "h.{l}.ln_2.bias": (C,),
-        "h.{l}.mlp.c_fc.weight": (C, 4 * C), "h.{l}.mlp.c_fc.bias": (4 * C,),
-        "h.{l}.mlp.c_proj.weight": (4 * C, C), "h.{l}.mlp.c_proj.bias": (C,),
-        "ln_f.weight": (C,), "ln_f.bias": (C,),
-    }
-    return shapes[base]
+    return _kind(cfg, name)[3]
+
+
+def hf_transposed(name: str) -> bool:
+    """Whether HuggingFace's Conv1D stores `name` as (in, out) (llm_param
+    and the kernels keep (out, in))."""
+    return _kind(GPT2Config(n_layer=1, n_head=1, n_embd=1, n_positions=1, vocab=1), name)[2]
 
 
 def param_names(cfg: GPT2Config):
     """Every parameter name, in llm.c order (layers inside each kind)."""
-    for pattern, per_layer, _ in PARAM_KINDS:
+    for pattern, per_layer, _, _ in param_kinds(cfg):
         if per_layer:
             for layer in range(cfg.n_layer):
                 yield pattern.format(l=layer)
@@ -98,15 +96,12 @@ def to_flat(cfg: GPT2Config, state: dict) -> np.ndarray:
     state = {strip_prefix(k): v for k, v in state.items()}
     out = np.empty(num_params(cfg), np.float32)
     pos = 0
-    for pattern, per_layer, transposed in PARAM_KINDS:
-        layers = range(cfg.n_layer) if per_layer else [None]
-        for layer in layers:
-            name = pattern.format(l=layer)
-            arr = np.asarray(state[name], dtype=np.float32)
-            assert arr.shape == hf_shape(cfg, name), f"{name}: {arr.shape} != {hf_shape(cfg, name)}"
-            flat = (arr.T if transposed else arr).reshape(-1)
-            out[pos:pos + flat.size] = flat
-            pos += flat.size
+    for name in param_names(cfg):
+        arr = np.asarray(state[name], dtype=np.float32)
+        assert arr.shape == hf_shape(cfg, name), f"{name}: {arr.shape} != {hf_shape(cfg, name)}"
+        flat = (arr.T if hf_transposed(name) else arr).reshape(-1)
+        out[pos:pos + flat.size] = flat
+        pos += flat.size
     assert pos == out.size
     return out
 
@@ -117,8 +112,7 @@ def flat_from_table(cfg: GPT2Config, tensors: dict) -> np.ndarray:
     for name in param_names(cfg):
         t = np.asarray(tensors[name], dtype=np.float32)
         shape = hf_shape(cfg, name)
-        transposed = any(name.endswith(p.split("{l}.")[-1]) and tr for p, _, tr in PARAM_KINDS)
-        assert t.shape == (shape[::-1] if transposed else shape), f"{name}: {t.shape}"
+        assert t.shape == (shape[::-1] if hf_transposed(name) else shape), f"{name}: {t.shape}"
         parts.append(t.reshape(-1))
     return np.concatenate(parts)
 
@@ -128,13 +122,11 @@ def from_flat(cfg: GPT2Config, flat: np.ndarray) -> dict:
     assert flat.size == num_params(cfg), f"{flat.size} != {num_params(cfg)}"
     state = {}
     pos = 0
-    for pattern, per_layer, transposed in PARAM_KINDS:
-        layers = range(cfg.n_layer) if per_layer else [None]
-        for layer in layers:
-            name = pattern.format(l=layer)
-            shape = hf_shape(cfg, name)
-            n = int(np.prod(shape))
-            chunk = flat[pos:pos + n]
-            state[name] = (chunk.reshape(shape[::-1]).T if transposed else chunk.reshape(shape)).copy()
-            pos += n
+    for name in param_names(cfg):
+        shape = hf_shape(cfg, name)
+        n = int(np.prod(shape))
+        chunk = flat[pos:pos + n]
+        state[name] = (chunk.reshape(shape[::-1]).T if hf_transposed(name)
+                       else chunk.reshape(shape)).copy()
+        pos += n
     return state

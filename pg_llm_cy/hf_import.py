@@ -27,7 +27,7 @@ import urllib.request
 import numpy as np
 
 from pg_llm_cy.convert import load_checkpoint
-from pg_llm_cy.gpt2 import PARAM_KINDS, GPT2Config, param_names
+from pg_llm_cy.gpt2 import GPT2Config, hf_transposed, param_names
 from pg_llm_cy.tokenizer_files import ingest
 
 HUB_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
@@ -75,9 +75,7 @@ def resolve(source: str, timeout: float = 10.0) -> str:
 def table_layout(cfg: GPT2Config, name: str, arr: np.ndarray) -> np.ndarray:
     """A HuggingFace tensor in llm_param's layout: Conv1D weights (in, out)
     become (out, in)."""
-    base = re.sub(r"^h\.\d+\.", "h.{l}.", name)
-    transposed = next(t for pattern, _, t in PARAM_KINDS if pattern == base)
-    return np.ascontiguousarray(arr.T if transposed else arr, dtype="<f4")
+    return np.ascontiguousarray(arr.T if hf_transposed(name) else arr, dtype="<f4")
 
 
 class Bar:

@@ -14,10 +14,12 @@ import numpy as np
 
 from pg_llm_cy import _kernels as _k
 from pg_llm_cy._kernels import (  # noqa: F401  (re-exported)
+    BeamSearch,
     Tokenizer,
     gpt2_forward_cached,
     gpt2_init,
     gpt2_param_sizes,
+    gpt2_param_table,
     inflate_raw,
     memory_read_bandwidth,
     npy_build_header,
@@ -31,6 +33,7 @@ from pg_llm_cy._kernels import (  # noqa: F401  (re-exported)
     adamw_step as adamw_step_inplace,
     all_finite,
     clip_by_norm,
+    clip_scale,
     cpu_has_avx512,
     exp_into,
     gemm,

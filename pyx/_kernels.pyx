@@ -9,11 +9,25 @@
 Every kernel is a `cdef` core on raw pointers with explicit shapes; long ones
 poll a cancel flag once per tile and return a status (pg_llm_kernels.h).
 
+Where things are (in include order, below):
+  * GEMM, every matrix product: gemm.pxi (tiled; the reference beside it);
+  * layer ops, each forward beside its backward (GELU, softmax, layernorm,
+    cross-entropy, dropout, AdamW, clipping): ops.pxi; attention:
+    attention.pxi;
+  * GPT-2: the parameter table, init and the inference forward with a KV
+    cache in gpt2.pxi; the training forward and backward, layer by layer, in
+    gpt2_train.pxi; choosing the next token (sampling, beam step) in
+    decode.pxi;
+  * text and files: utf8.pxi, json.pxi, bpe.pxi (the tokenizer), parsers.pxi
+    (.npz, .safetensors).
+ARCHITECTURE.md maps every SQL function to its C entry (pyx/shim/) and the
+kernels it calls.
+
 One compilation unit on purpose: cimporting cdef functions from another
 Cython module resolves them at import time through Python (capsules), which
 never happens inside the server.  The parts are therefore `include`d.
 
-Rules for code in the cores (see DESIGN.md):
+Rules for code in the cores (ARCHITECTURE.md has the rest of the ABI):
   * never `with nogil` or `prange(..., nogil=True)` inside a nogil function:
     Cython then emits GIL-state calls that abort a backend;
   * inside prange, `x += y` is a reduction: write `x = x + y`;
@@ -29,7 +43,7 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport memset, memcpy, memcmp, memchr
 from libc.stdint cimport int64_t, int32_t, uint64_t, uint32_t, uint8_t, uint16_t, int8_t
-from libc.math cimport sqrtf, sqrt, fabsf, fabs, floorf, logf, log, cos, sin, M_PI
+from libc.math cimport sqrtf, sqrt, fabsf, fabs, floorf, logf, log, cos, sin, pow, M_PI
 cimport openmp
 
 include "common.pxi"
@@ -37,6 +51,9 @@ include "gemm.pxi"
 include "ops.pxi"
 include "attention.pxi"
 include "gpt2.pxi"
+include "decode.pxi"
 include "gpt2_train.pxi"
+include "utf8.pxi"
+include "json.pxi"
 include "bpe.pxi"
 include "parsers.pxi"

@@ -168,13 +168,15 @@ cdef public int pgllm_attention_forward(const float *x, const float *w_qkv, cons
                                         int64_t T, int64_t D, int64_t n_head,
                                         const int *cancel) noexcept nogil:
     cdef int rc
-    rc = pgllm_gemm(0, 0, T, 3 * D, D, x, D, w_qkv, 3 * D, qkv, 3 * D, b_qkv, 0, cancel)
+    rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_NO_TRANS,
+                    T, 3 * D, D, x, D, w_qkv, 3 * D, qkv, 3 * D, b_qkv, PGLLM_OVERWRITE, cancel)
     if rc != PGLLM_OK:
         return rc
     rc = pgllm_attention_core_forward(qkv, att, ctx, 1, T, D, n_head, cancel)
     if rc != PGLLM_OK:
         return rc
-    return pgllm_gemm(0, 0, T, D, D, ctx, D, w_o, D, y, D, b_o, 0, cancel)
+    return pgllm_gemm(PGLLM_NO_TRANS, PGLLM_NO_TRANS,
+                      T, D, D, ctx, D, w_o, D, y, D, b_o, PGLLM_OVERWRITE, cancel)
 
 
 cdef public int pgllm_attention_backward(const float *x, const float *w_qkv, const float *w_o,
@@ -186,18 +188,24 @@ cdef public int pgllm_attention_backward(const float *x, const float *w_qkv, con
                                          const int *cancel) noexcept nogil:
     cdef int rc
     # y = ctx @ w_o + b_o
-    rc = pgllm_gemm(0, 1, T, D, D, dy, D, w_o, D, dctx, D, NULL, 0, cancel)         # dctx = dy w_o^T
+    # dctx = dy w_o^T
+    rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                    T, D, D, dy, D, w_o, D, dctx, D, NULL, PGLLM_OVERWRITE, cancel)
     if rc == PGLLM_OK:
-        rc = pgllm_gemm(1, 0, D, D, T, ctx, D, dy, D, dw_o, D, NULL, 0, cancel)     # dw_o = ctx^T dy
+        # dw_o = ctx^T dy
+        rc = pgllm_gemm(PGLLM_TRANS, PGLLM_NO_TRANS,
+                        D, D, T, ctx, D, dy, D, dw_o, D, NULL, PGLLM_OVERWRITE, cancel)
     if rc == PGLLM_OK:
         rc = pgllm_colsum(dy, db_o, T, D, cancel)
     if rc == PGLLM_OK:
         rc = pgllm_attention_core_backward(qkv, att, dctx, dqkv, 1, T, D, n_head, cancel)
     # qkv = x @ w_qkv + b_qkv
     if rc == PGLLM_OK:
-        rc = pgllm_gemm(0, 1, T, D, 3 * D, dqkv, 3 * D, w_qkv, 3 * D, dx, D, NULL, 0, cancel)
+        rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                        T, D, 3 * D, dqkv, 3 * D, w_qkv, 3 * D, dx, D, NULL, PGLLM_OVERWRITE, cancel)
     if rc == PGLLM_OK:
-        rc = pgllm_gemm(1, 0, D, 3 * D, T, x, D, dqkv, 3 * D, dw_qkv, 3 * D, NULL, 0, cancel)
+        rc = pgllm_gemm(PGLLM_TRANS, PGLLM_NO_TRANS,
+                        D, 3 * D, T, x, D, dqkv, 3 * D, dw_qkv, 3 * D, NULL, PGLLM_OVERWRITE, cancel)
     if rc == PGLLM_OK:
         rc = pgllm_colsum(dqkv, db_qkv, T, 3 * D, cancel)
     return rc

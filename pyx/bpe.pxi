@@ -43,7 +43,6 @@ cdef enum:
     CL_L = 1
     CL_N = 2
     CL_WS = 4
-    CP_INVALID = 0xFFFFFFFF
     MAX_RANK = 0x7FFFFFFF
     CACHE_PIECE_MAX = 64            # longer pieces are not cached
     CACHE_SLOTS = 1 << 17
@@ -52,7 +51,7 @@ cdef enum:
 
 
 # ---------------------------------------------------------------------------
-# Unicode classes and UTF-8
+# Unicode classes and the pre-tokenizer
 # ---------------------------------------------------------------------------
 cdef int _in_ranges(const uint32_t *r, int64_t n, uint32_t cp) noexcept nogil:
     cdef int64_t lo = 0, hi = n - 1, mid
@@ -108,36 +107,6 @@ cdef inline int _uclass(uint32_t cp) noexcept nogil:
     if _in_ranges(pgllm_uni_WS, PGLLM_UNI_WS_N, cp):
         return CL_WS
     return CL_OTHER
-
-
-cdef inline int _cont(uint8_t b) noexcept nogil:
-    return (b & 0xC0) == 0x80
-
-
-cdef inline int _utf8(const uint8_t *s, int64_t n, int64_t i, uint32_t *cp) noexcept nogil:
-    """Code point at s[i] and its length in bytes; an invalid byte is
-    CP_INVALID of length 1."""
-    cdef uint8_t b = s[i]
-    cdef uint32_t c
-    if b < 0x80:
-        cp[0] = b
-        return 1
-    if 0xC2 <= b <= 0xDF and i + 1 < n and _cont(s[i + 1]):
-        cp[0] = ((b & 0x1F) << 6) | (s[i + 1] & 0x3F)
-        return 2
-    if 0xE0 <= b <= 0xEF and i + 2 < n and _cont(s[i + 1]) and _cont(s[i + 2]):
-        c = ((b & 0x0F) << 12) | ((s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F)
-        if c >= 0x800 and not (0xD800 <= c <= 0xDFFF):
-            cp[0] = c
-            return 3
-    if 0xF0 <= b <= 0xF4 and i + 3 < n and _cont(s[i + 1]) and _cont(s[i + 2]) and _cont(s[i + 3]):
-        c = (((b & 0x07) << 18) | ((s[i + 1] & 0x3F) << 12) | ((s[i + 2] & 0x3F) << 6)
-             | (s[i + 3] & 0x3F))
-        if 0x10000 <= c <= 0x10FFFF:
-            cp[0] = c
-            return 4
-    cp[0] = CP_INVALID
-    return 1
 
 
 cdef inline int64_t _run(const uint8_t *s, int64_t n, int64_t i, int cls) noexcept nogil:
@@ -196,68 +165,6 @@ cdef int64_t _piece_end(const uint8_t *s, int64_t n, int64_t i) noexcept nogil:
     if count >= 2:
         return last
     return j
-
-
-cdef public int64_t pgllm_utf8_sanitize(const uint8_t *inp, int64_t len, uint8_t *out,
-                                        int hold_incomplete, int64_t *held,
-                                        int replace_nul) noexcept nogil:
-    """Valid UTF-8 from any bytes, U+FFFD for each maximal invalid subpart;
-    with replace_nul also for NUL, which PostgreSQL's text cannot hold (GPT-2
-    has a token for byte 0, and a model may well sample it).  At most 3
-    bytes out per byte in."""
-    cdef int64_t i = 0, o = 0, k, need
-    cdef uint8_t b, lo, hi
-    if held != NULL:
-        held[0] = 0
-    while i < len:
-        b = inp[i]
-        if b < 0x80 and (b != 0 or not replace_nul):
-            out[o] = b
-            o = o + 1
-            i = i + 1
-            continue
-        need = 0                           # NUL and stray bytes: k = 1 below
-        lo = 0x80
-        hi = 0xBF
-        if 0xC2 <= b <= 0xDF:
-            need = 1
-        elif 0xE0 <= b <= 0xEF:
-            need = 2
-            if b == 0xE0:
-                lo = 0xA0
-            elif b == 0xED:
-                hi = 0x9F
-        elif 0xF0 <= b <= 0xF4:
-            need = 3
-            if b == 0xF0:
-                lo = 0x90
-            elif b == 0xF4:
-                hi = 0x8F
-        if need == 0:
-            k = 1                          # not a lead byte
-        else:
-            k = 1
-            while k <= need and i + k < len:
-                if not (lo <= inp[i + k] <= hi):
-                    break
-                lo = 0x80
-                hi = 0xBF
-                k = k + 1
-            if k == need + 1:
-                memcpy(out + o, inp + i, k)
-                o = o + k
-                i = i + k
-                continue
-            if i + k >= len and hold_incomplete:
-                if held != NULL:
-                    held[0] = len - i     # may complete with more bytes
-                return o
-        out[o] = 0xEF
-        out[o + 1] = 0xBF
-        out[o + 2] = 0xBD
-        o = o + 3
-        i = i + k
-    return o
 
 
 # ---------------------------------------------------------------------------
@@ -965,116 +872,6 @@ cdef inline int _byte_of_cp(uint32_t cp) noexcept nogil:
                 return b
             n = n + 1
     return -1
-
-
-cdef inline int64_t _skip_ws(const uint8_t *s, int64_t n, int64_t i) noexcept nogil:
-    while i < n and (s[i] == 32 or s[i] == 9 or s[i] == 10 or s[i] == 13):
-        i = i + 1
-    return i
-
-
-cdef inline int _hexval(uint8_t c) noexcept nogil:
-    if 48 <= c <= 57:
-        return c - 48
-    if 97 <= c <= 102:
-        return c - 87
-    if 65 <= c <= 70:
-        return c - 55
-    return -1
-
-
-cdef int64_t _json_string(const uint8_t *s, int64_t n, int64_t i, uint32_t *cps,
-                          int64_t cap, int64_t *ncp) noexcept nogil:
-    """Decode the JSON string starting at s[i] == '"' into code points (up to
-    cap kept, all counted in *ncp).  Returns the index after the closing
-    quote, or -1 - (position of the error)."""
-    cdef int64_t k = 0, j
-    cdef uint32_t c, lo
-    cdef int l, h, d
-    if i >= n or s[i] != 34:
-        return -1 - i
-    i = i + 1
-    while True:
-        if i >= n:
-            return -1 - i
-        if s[i] == 34:
-            ncp[0] = k
-            return i + 1
-        if s[i] < 0x20:
-            return -1 - i                 # control characters must be escaped
-        if s[i] == 92:
-            if i + 1 >= n:
-                return -1 - i
-            d = s[i + 1]
-            i = i + 2
-            if d == 34 or d == 92 or d == 47:
-                c = d
-            elif d == 98:
-                c = 8
-            elif d == 102:
-                c = 12
-            elif d == 110:
-                c = 10
-            elif d == 114:
-                c = 13
-            elif d == 116:
-                c = 9
-            elif d == 117:
-                if i + 4 > n:
-                    return -1 - i
-                c = 0
-                for j in range(4):
-                    h = _hexval(s[i + j])
-                    if h < 0:
-                        return -1 - (i + j)
-                    c = c * 16 + <uint32_t> h
-                i = i + 4
-                if 0xD800 <= c <= 0xDBFF:
-                    # a surrogate pair: \\uD83D\\uDE00
-                    if i + 6 > n or s[i] != 92 or s[i + 1] != 117:
-                        return -1 - i
-                    lo = 0
-                    for j in range(4):
-                        h = _hexval(s[i + 2 + j])
-                        if h < 0:
-                            return -1 - (i + 2 + j)
-                        lo = lo * 16 + <uint32_t> h
-                    if not (0xDC00 <= lo <= 0xDFFF):
-                        return -1 - i
-                    c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00)
-                    i = i + 6
-                elif 0xDC00 <= c <= 0xDFFF:
-                    return -1 - i
-            else:
-                return -1 - (i - 1)
-        else:
-            l = _utf8(s, n, i, &c)
-            if c == CP_INVALID:
-                return -1 - i
-            i = i + l
-        if k < cap:
-            cps[k] = c
-        k = k + 1
-
-
-cdef inline int64_t _encode_utf8(uint32_t c, uint8_t *out) noexcept nogil:
-    if c < 0x80:
-        out[0] = <uint8_t> c
-        return 1
-    if c < 0x800:
-        out[0] = <uint8_t> (0xC0 | (c >> 6))
-        out[1] = <uint8_t> (0x80 | (c & 0x3F))
-        return 2
-    if c < 0x10000:
-        out[0] = <uint8_t> (0xE0 | (c >> 12))
-        out[1] = <uint8_t> (0x80 | ((c >> 6) & 0x3F))
-        out[2] = <uint8_t> (0x80 | (c & 0x3F))
-        return 3
-    out[0] = <uint8_t> (0xF0 | (c >> 18))
-    out[1] = <uint8_t> (0x80 | ((c >> 12) & 0x3F))
-    out[2] = <uint8_t> (0x80 | ((c >> 6) & 0x3F))
-    out[3] = <uint8_t> (0x80 | (c & 0x3F))
-    return 4
 
 
 cdef int64_t _token_bytes(const uint32_t *cps, int64_t ncp, uint8_t *out,

@@ -13,6 +13,10 @@ cdef extern from "pg_llm_kernels.h" nogil:
         PGLLM_ENOMEM
         PGLLM_EINVAL
         PGLLM_EFORMAT
+        PGLLM_NO_TRANS
+        PGLLM_TRANS
+        PGLLM_OVERWRITE
+        PGLLM_ACCUMULATE
     bint PGLLM_CANCELLED(const int *p)
 
 cdef extern from *:

@@ -35,39 +35,106 @@ cdef extern from "pg_llm_kernels.h" nogil:
         PGLLM_NUM_PARAM_TENSORS
 
 
+# The one table of GPT-2's parameter tensors, in llm.c's order (PGLLM_P_*):
+# HuggingFace's name (after "h.<layer>." for per-layer tensors), whether
+# HuggingFace's Conv1D stores it transposed ((in, out)), and its shape in the
+# kernels' layout ((out, in) for linear weights; cols 1 for vectors), as
+# multiples of the configuration's sizes.  The shims (names, shapes, offsets
+# of llm_param) and pg_llm_cy.gpt2 derive everything from it.
+cdef extern from *:
+    """
+    enum { PGLLM__ONE, PGLLM__C, PGLLM__3C, PGLLM__4C, PGLLM__V, PGLLM__T };
+    typedef struct { const char *suffix; int per_layer; int hf_transposed; int rows; int cols; } PgllmParamSpec;
+    static const PgllmParamSpec pgllm__param_table[] = {
+        {"wte.weight",          0, 0, PGLLM__V,  PGLLM__C},     /* token embedding, tied LM head */
+        {"wpe.weight",          0, 0, PGLLM__T,  PGLLM__C},     /* position embedding */
+        {"ln_1.weight",         1, 0, PGLLM__C,  PGLLM__ONE},
+        {"ln_1.bias",           1, 0, PGLLM__C,  PGLLM__ONE},
+        {"attn.c_attn.weight",  1, 1, PGLLM__3C, PGLLM__C},     /* q, k, v */
+        {"attn.c_attn.bias",    1, 0, PGLLM__3C, PGLLM__ONE},
+        {"attn.c_proj.weight",  1, 1, PGLLM__C,  PGLLM__C},
+        {"attn.c_proj.bias",    1, 0, PGLLM__C,  PGLLM__ONE},
+        {"ln_2.weight",         1, 0, PGLLM__C,  PGLLM__ONE},
+        {"ln_2.bias",           1, 0, PGLLM__C,  PGLLM__ONE},
+        {"mlp.c_fc.weight",     1, 1, PGLLM__4C, PGLLM__C},
+        {"mlp.c_fc.bias",       1, 0, PGLLM__4C, PGLLM__ONE},
+        {"mlp.c_proj.weight",   1, 1, PGLLM__C,  PGLLM__4C},
+        {"mlp.c_proj.bias",     1, 0, PGLLM__C,  PGLLM__ONE},
+        {"ln_f.weight",         0, 0, PGLLM__C,  PGLLM__ONE},
+        {"ln_f.bias",           0, 0, PGLLM__C,  PGLLM__ONE},
+    };
+    static int64_t pgllm__dim(const PgllmGPT2Config *cfg, int d)
+    {
+        switch (d)
+        {
+            case PGLLM__C: return cfg->n_embd;
+            case PGLLM__3C: return 3 * cfg->n_embd;
+            case PGLLM__4C: return 4 * cfg->n_embd;
+            case PGLLM__V: return cfg->vocab;
+            case PGLLM__T: return cfg->n_positions;
+            default: return 1;
+        }
+    }
+    """
+    ctypedef struct PgllmParamSpec:
+        const char *suffix
+        int per_layer
+        int hf_transposed
+        int rows
+        int cols
+    const PgllmParamSpec pgllm__param_table[PGLLM_NUM_PARAM_TENSORS]
+    int64_t pgllm__dim(const PgllmGPT2Config *cfg, int d) nogil
+
+
+cdef public int pgllm_gpt2_param_spec(const PgllmGPT2Config *cfg, int kind, const char **suffix,
+                                      int *per_layer, int *hf_transposed, int64_t *rows,
+                                      int64_t *cols) noexcept nogil:
+    if kind < 0 or kind >= PGLLM_NUM_PARAM_TENSORS:
+        return PGLLM_EINVAL
+    suffix[0] = pgllm__param_table[kind].suffix
+    per_layer[0] = pgllm__param_table[kind].per_layer
+    hf_transposed[0] = pgllm__param_table[kind].hf_transposed
+    rows[0] = pgllm__dim(cfg, pgllm__param_table[kind].rows)
+    cols[0] = pgllm__dim(cfg, pgllm__param_table[kind].cols)
+    return PGLLM_OK
+
+
 cdef public int64_t pgllm_gpt2_param_sizes(const PgllmGPT2Config *cfg,
                                            int64_t *sizes) noexcept nogil:
-    cdef int64_t C = cfg.n_embd, L = cfg.n_layer, total = 0
-    cdef int i
-    sizes[PGLLM_P_WTE] = cfg.vocab * C
-    sizes[PGLLM_P_WPE] = cfg.n_positions * C
-    sizes[PGLLM_P_LN1W] = L * C
-    sizes[PGLLM_P_LN1B] = L * C
-    sizes[PGLLM_P_QKVW] = L * 3 * C * C
-    sizes[PGLLM_P_QKVB] = L * 3 * C
-    sizes[PGLLM_P_ATTPROJW] = L * C * C
-    sizes[PGLLM_P_ATTPROJB] = L * C
-    sizes[PGLLM_P_LN2W] = L * C
-    sizes[PGLLM_P_LN2B] = L * C
-    sizes[PGLLM_P_FCW] = L * 4 * C * C
-    sizes[PGLLM_P_FCB] = L * 4 * C
-    sizes[PGLLM_P_FCPROJW] = L * C * 4 * C
-    sizes[PGLLM_P_FCPROJB] = L * C
-    sizes[PGLLM_P_LNFW] = C
-    sizes[PGLLM_P_LNFB] = C
-    for i in range(PGLLM_NUM_PARAM_TENSORS):
-        total = total + sizes[i]
+    cdef int64_t total = 0
+    cdef int k
+    for k in range(PGLLM_NUM_PARAM_TENSORS):
+        sizes[k] = ((cfg.n_layer if pgllm__param_table[k].per_layer else 1) *
+                    pgllm__dim(cfg, pgllm__param_table[k].rows) * pgllm__dim(cfg, pgllm__param_table[k].cols))
+        total = total + sizes[k]
     return total
 
 
+def gpt2_param_table(int64_t n_layer, int64_t n_head, int64_t n_embd, int64_t n_positions, int64_t vocab):
+    """The kernels' parameter table for a configuration: one tuple per tensor
+    kind, in buffer order: (HuggingFace name suffix, per layer, stored
+    transposed by HuggingFace, rows, cols) -- cols 1 for vectors."""
+    cdef PgllmGPT2Config cfg
+    cdef const char *suffix
+    cdef int per_layer, hf_t, k
+    cdef int64_t rows, cols
+    cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, cfg.vocab = n_layer, n_head, n_embd, n_positions, vocab
+    out = []
+    for k in range(PGLLM_NUM_PARAM_TENSORS):
+        pgllm_gpt2_param_spec(&cfg, k, &suffix, &per_layer, &hf_t, &rows, &cols)
+        out.append((suffix.decode(), bool(per_layer), bool(hf_t), rows, cols))
+    return out
+
+
 cdef struct Params:
-    # pointers into the parameter buffer, one per tensor kind (all layers)
-    float *t[16]
+    # pointers into the parameter buffer, one per tensor kind (all layers),
+    # indexed by PGLLM_P_*
+    float *t[PGLLM_NUM_PARAM_TENSORS]
 
 
 cdef inline void _param_pointers(const PgllmGPT2Config *cfg, const float *params,
                                  Params *p) noexcept nogil:
-    cdef int64_t sizes[16]
+    cdef int64_t sizes[PGLLM_NUM_PARAM_TENSORS]
     cdef int i
     cdef float *ptr = <float *> params
     pgllm_gpt2_param_sizes(cfg, sizes)
@@ -112,7 +179,7 @@ cdef public int pgllm_gpt2_init(const PgllmGPT2Config *cfg, float *params,
     """GPT-2's initialisation (nanoGPT's: N(0, 0.02), residual projections
     N(0, 0.02 / sqrt(2 n_layer)), layernorms 1 and 0, biases 0).  Restartable:
     every value is written, a function of (seed, tensor, index)."""
-    cdef int64_t sizes[16]
+    cdef int64_t sizes[PGLLM_NUM_PARAM_TENSORS]
     cdef Params p
     cdef int k
     cdef float std
@@ -244,8 +311,9 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
         rc = pgllm_layernorm_forward(x, p.t[PGLLM_P_LN1W] + l * C, p.t[PGLLM_P_LN1B] + l * C,
                                      xn, NULL, NULL, BT, C, cfg.eps, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 1, BT, 3 * C, C, xn, C, p.t[PGLLM_P_QKVW] + l * 3 * C * C, C,
-                            qkv, 3 * C, p.t[PGLLM_P_QKVB] + l * 3 * C, 0, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                            BT, 3 * C, C, xn, C, p.t[PGLLM_P_QKVW] + l * 3 * C * C, C,
+                            qkv, 3 * C, p.t[PGLLM_P_QKVB] + l * 3 * C, PGLLM_OVERWRITE, cancel)
         if rc != PGLLM_OK:
             return rc
         for b in range(B):
@@ -256,20 +324,23 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
                 memcpy(vdst, qkv + (b * Tn + t) * 3 * C + 2 * C, C * sizeof(float))
         rc = _attention_cached(cfg, qkv, kv_l, B, Tn, past, kv_cap, layer_stride, att, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 1, BT, C, C, att, C, p.t[PGLLM_P_ATTPROJW] + l * C * C, C,
-                            x, C, p.t[PGLLM_P_ATTPROJB] + l * C, 1, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                            BT, C, C, att, C, p.t[PGLLM_P_ATTPROJW] + l * C * C, C,
+                            x, C, p.t[PGLLM_P_ATTPROJB] + l * C, PGLLM_ACCUMULATE, cancel)
         # MLP block: x += proj(gelu(fc(ln_2(x))))
         if rc == PGLLM_OK:
             rc = pgllm_layernorm_forward(x, p.t[PGLLM_P_LN2W] + l * C, p.t[PGLLM_P_LN2B] + l * C,
                                          xn, NULL, NULL, BT, C, cfg.eps, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 1, BT, 4 * C, C, xn, C, p.t[PGLLM_P_FCW] + l * 4 * C * C, C,
-                            hmlp, 4 * C, p.t[PGLLM_P_FCB] + l * 4 * C, 0, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                            BT, 4 * C, C, xn, C, p.t[PGLLM_P_FCW] + l * 4 * C * C, C,
+                            hmlp, 4 * C, p.t[PGLLM_P_FCB] + l * 4 * C, PGLLM_OVERWRITE, cancel)
         if rc == PGLLM_OK:
             rc = pgllm_gelu_forward(hmlp, hmlp, BT * 4 * C, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 1, BT, C, 4 * C, hmlp, 4 * C, p.t[PGLLM_P_FCPROJW] + l * 4 * C * C,
-                            4 * C, x, C, p.t[PGLLM_P_FCPROJB] + l * C, 1, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                            BT, C, 4 * C, hmlp, 4 * C, p.t[PGLLM_P_FCPROJW] + l * 4 * C * C,
+                            4 * C, x, C, p.t[PGLLM_P_FCPROJB] + l * C, PGLLM_ACCUMULATE, cancel)
         if rc != PGLLM_OK:
             return rc
 
@@ -285,7 +356,8 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
                                          p.t[PGLLM_P_LNFB], xn + b * C, NULL, NULL, 1, C,
                                          cfg.eps, cancel)
     if rc == PGLLM_OK:
-        rc = pgllm_gemm(0, 1, rows, V, C, xn, C, p.t[PGLLM_P_WTE], C, logits, V, NULL, 0, cancel)
+        rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                        rows, V, C, xn, C, p.t[PGLLM_P_WTE], C, logits, V, NULL, PGLLM_OVERWRITE, cancel)
     return rc
 
 
@@ -311,160 +383,6 @@ cdef public int pgllm_gpt2_kv_reorder(const PgllmGPT2Config *cfg, float *kv, int
 
 
 # ---------------------------------------------------------------------------
-# sampling
-# ---------------------------------------------------------------------------
-cdef struct ScoreIdx:
-    float v
-    int32_t i
-
-
-cdef int _cmp_desc(const void *a, const void *b) noexcept nogil:
-    cdef const ScoreIdx *x = <const ScoreIdx *> a
-    cdef const ScoreIdx *y = <const ScoreIdx *> b
-    if x.v > y.v:
-        return -1
-    if x.v < y.v:
-        return 1
-    return (x.i > y.i) - (x.i < y.i)
-
-
-cdef inline int _worse(const ScoreIdx *a, const ScoreIdx *b) noexcept nogil:
-    """a ranks below b: smaller value, or equal value and larger index."""
-    return a.v < b.v or (a.v == b.v and a.i > b.i)
-
-
-cdef void _sift_down(ScoreIdx *heap, int64_t n, int64_t i) noexcept nogil:
-    cdef int64_t c
-    cdef ScoreIdx tmp
-    while True:
-        c = 2 * i + 1
-        if c >= n:
-            return
-        if c + 1 < n and _worse(&heap[c + 1], &heap[c]):
-            c = c + 1
-        if not _worse(&heap[c], &heap[i]):
-            return
-        tmp = heap[i]
-        heap[i] = heap[c]
-        heap[c] = tmp
-        i = c
-
-
-cdef int64_t _top_candidates(const float *x, int64_t n, int64_t k, ScoreIdx *out) noexcept nogil:
-    """The k best (value, index) pairs of x, sorted best first; k >= n: all."""
-    cdef int64_t i, m
-    if k <= 0 or k >= n:
-        for i in range(n):
-            out[i].v = x[i]
-            out[i].i = <int32_t> i
-        m = n
-    else:
-        # min-heap of the k best seen so far: root is the worst kept
-        for i in range(k):
-            out[i].v = x[i]
-            out[i].i = <int32_t> i
-        i = k // 2
-        while i > 0:
-            i = i - 1
-            _sift_down(out, k, i)
-        for i in range(k, n):
-            if x[i] > out[0].v:
-                out[0].v = x[i]
-                out[0].i = <int32_t> i
-                _sift_down(out, k, 0)
-        m = k
-    qsort(out, m, sizeof(ScoreIdx), _cmp_desc)
-    return m
-
-
-cdef public int pgllm_topk(const float *x, int64_t n, int64_t k, int64_t *idx) noexcept nogil:
-    cdef ScoreIdx *buf = <ScoreIdx *> malloc(max(n, <int64_t> 1) * sizeof(ScoreIdx))
-    cdef int64_t i, m
-    if buf == NULL:
-        return PGLLM_ENOMEM
-    m = _top_candidates(x, n, k, buf)
-    for i in range(min(k, m)):
-        idx[i] = buf[i].i
-    free(buf)
-    return PGLLM_OK
-
-
-cdef public int pgllm_log_softmax(float *x, int64_t rows, int64_t cols,
-                                  const int *cancel) noexcept nogil:
-    cdef int64_t r, i
-    cdef float lse
-    cdef float *row
-    for r in prange(rows, num_threads=_threads_for(rows * cols), schedule='static'):
-        if PGLLM_CANCELLED(cancel):
-            continue
-        row = x + r * cols
-        lse = _logsumexp_row(row, cols)
-        for i in range(cols):
-            row[i] = row[i] - lse
-    return _status(cancel)
-
-
-cdef public int32_t pgllm_sample_token(float *logits, int64_t V, const int32_t *history,
-                                       int64_t nhist, float repetition_penalty,
-                                       float temperature, int64_t topk, float topp,
-                                       uint64_t seed, uint64_t step,
-                                       float *work) noexcept nogil:
-    """work: 2*V floats (as V ScoreIdx pairs).  Returns -1 on bad input."""
-    cdef ScoreIdx *cand = <ScoreIdx *> work
-    cdef uint8_t *seen
-    cdef int64_t i, m, best
-    cdef int32_t tok
-    cdef float v, inv_t, mx
-    cdef double total, cum, u
-    if V <= 0:
-        return -1
-    # repetition penalty, once per distinct token (HuggingFace's gather/scatter)
-    if repetition_penalty != 1 and nhist > 0:
-        seen = <uint8_t *> work
-        memset(seen, 0, V)
-        for i in range(nhist):
-            tok = history[i]
-            if tok < 0 or tok >= V or seen[tok]:
-                continue
-            seen[tok] = 1
-            v = logits[tok]
-            logits[tok] = v * repetition_penalty if v < 0 else v / repetition_penalty
-    if temperature <= 0:
-        best = 0
-        for i in range(1, V):
-            if logits[i] > logits[best]:
-                best = i
-        return <int32_t> best
-    inv_t = <float> 1.0 / temperature
-    for i in range(V):
-        logits[i] = logits[i] * inv_t
-    m = _top_candidates(logits, V, topk, cand)
-    # softmax over the candidates (best first), cut to the top-p nucleus
-    mx = cand[0].v
-    total = 0.0
-    for i in range(m):
-        cand[i].v = _exp(cand[i].v - mx)
-        total = total + cand[i].v
-    if topp < 1:
-        cum = 0.0
-        for i in range(m):
-            cum = cum + cand[i].v
-            if cum >= topp * total:
-                m = i + 1
-                break
-        total = 0.0
-        for i in range(m):
-            total = total + cand[i].v
-    u = _rand_uniform64(seed, step) * total
-    cum = 0.0
-    for i in range(m):
-        cum = cum + cand[i].v
-        if u < cum:
-            return cand[i].i
-    return cand[m - 1].i
-
-
-# ---------------------------------------------------------------------------
 # Python wrappers
 # ---------------------------------------------------------------------------
 def _config(int n_layer, int n_head, int n_embd, int n_positions, int vocab, float eps=1e-5):
@@ -481,7 +399,7 @@ def _config(int n_layer, int n_head, int n_embd, int n_positions, int vocab, flo
 def gpt2_param_sizes(int n_layer, int n_head, int n_embd, int n_positions, int vocab):
     """Floats of each parameter tensor (llm.c order) and the total."""
     cdef PgllmGPT2Config c = _config(n_layer, n_head, n_embd, n_positions, vocab)
-    cdef int64_t sizes[16]
+    cdef int64_t sizes[PGLLM_NUM_PARAM_TENSORS]
     total = pgllm_gpt2_param_sizes(&c, sizes)
     return [sizes[i] for i in range(PGLLM_NUM_PARAM_TENSORS)], total
 
@@ -489,7 +407,7 @@ def gpt2_param_sizes(int n_layer, int n_head, int n_embd, int n_positions, int v
 def gpt2_init(float[::1] params, int n_layer, int n_head, int n_embd, int n_positions,
               int vocab, uint64_t seed):
     cdef PgllmGPT2Config c = _config(n_layer, n_head, n_embd, n_positions, vocab)
-    cdef int64_t sizes[16]
+    cdef int64_t sizes[PGLLM_NUM_PARAM_TENSORS]
     if params.shape[0] != pgllm_gpt2_param_sizes(&c, sizes):
         raise ValueError("gpt2_init: wrong parameter buffer size")
     with nogil:
@@ -501,7 +419,7 @@ def gpt2_forward_cached(const float[::1] params, tuple config, const int[::1] to
                         float[::1] logits, bint all_positions=False):
     """One forward step over B*Tn new tokens with a KV cache (see the header)."""
     cdef PgllmGPT2Config c = _config(*config)
-    cdef int64_t sizes[16]
+    cdef int64_t sizes[PGLLM_NUM_PARAM_TENSORS]
     cdef float[::1] work
     cdef int rc
     cdef Py_ssize_t i
@@ -523,16 +441,3 @@ def gpt2_forward_cached(const float[::1] params, tuple config, const int[::1] to
                                        past, &kv[0], kv_cap, &work[0], &logits[0],
                                        all_positions, NULL)
     _check_status(rc)
-
-
-def sample_token(float[::1] logits, const int[::1] history, float repetition_penalty,
-                 float temperature, int64_t topk, float topp, uint64_t seed, uint64_t step):
-    import numpy as np
-    cdef float[::1] work = np.empty(2 * logits.shape[0], np.float32)
-    cdef int32_t r
-    with nogil:
-        r = pgllm_sample_token(&logits[0], logits.shape[0],
-                               <const int32_t *> (&history[0] if history.shape[0] else NULL),
-                               history.shape[0], repetition_penalty, temperature, topk, topp,
-                               seed, step, &work[0])
-    return r

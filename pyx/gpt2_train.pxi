@@ -40,7 +40,8 @@ cdef enum:
     NUM_ACTS
 
 cdef struct Acts:
-    float *t[27]
+    # pointers into the activation buffer, indexed by A_*
+    float *t[NUM_ACTS]
 
 
 cdef int64_t _act_sizes(const PgllmGPT2Config *cfg, int64_t B, int64_t T,
@@ -83,7 +84,7 @@ cdef int64_t _act_sizes(const PgllmGPT2Config *cfg, int64_t B, int64_t T,
 
 cdef void _act_pointers(const PgllmGPT2Config *cfg, int64_t B, int64_t T, float *buf,
                         Acts *a) noexcept nogil:
-    cdef int64_t sz[27]
+    cdef int64_t sz[NUM_ACTS]
     cdef int i
     _act_sizes(cfg, B, T, sz)
     for i in range(NUM_ACTS):
@@ -93,15 +94,8 @@ cdef void _act_pointers(const PgllmGPT2Config *cfg, int64_t B, int64_t T, float 
 
 cdef public int64_t pgllm_gpt2_train_floats(const PgllmGPT2Config *cfg, int64_t B,
                                             int64_t T) noexcept nogil:
-    cdef int64_t sz[27]
+    cdef int64_t sz[NUM_ACTS]
     return _act_sizes(cfg, B, T, sz)
-
-
-cdef public float *pgllm_gpt2_train_logits(const PgllmGPT2Config *cfg, float *acts, int64_t B,
-                                           int64_t T) noexcept nogil:
-    cdef Acts a
-    _act_pointers(cfg, B, T, acts, &a)
-    return a.t[A_LOGITS]
 
 
 # dropout sites: the embeddings, then per layer the attention probabilities
@@ -183,14 +177,16 @@ cdef public int pgllm_gpt2_train_forward(const PgllmGPT2Config *cfg, const float
                                      ln1, a.t[A_LN1_MEAN] + l * BT, a.t[A_LN1_RSTD] + l * BT,
                                      BT, C, cfg.eps, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 1, BT, 3 * C, C, ln1, C, p.t[PGLLM_P_QKVW] + l * 3 * C * C, C,
-                            qkv, 3 * C, p.t[PGLLM_P_QKVB] + l * 3 * C, 0, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                            BT, 3 * C, C, ln1, C, p.t[PGLLM_P_QKVW] + l * 3 * C * C, C,
+                            qkv, 3 * C, p.t[PGLLM_P_QKVB] + l * 3 * C, PGLLM_OVERWRITE, cancel)
         if rc == PGLLM_OK:
             rc = _attention_fwd(qkv, att, atty, B, T, C, NH, dropout,
                                 _site(seed, _site_attn(l)), cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 1, BT, C, C, atty, C, p.t[PGLLM_P_ATTPROJW] + l * C * C, C,
-                            tmp, C, p.t[PGLLM_P_ATTPROJB] + l * C, 0, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                            BT, C, C, atty, C, p.t[PGLLM_P_ATTPROJW] + l * C * C, C,
+                            tmp, C, p.t[PGLLM_P_ATTPROJB] + l * C, PGLLM_OVERWRITE, cancel)
         if rc == PGLLM_OK:
             rc = _dropout_inplace(tmp, BT * C, dropout, _site(seed, _site_resid_attn(l)), cancel)
         if rc == PGLLM_OK:
@@ -201,13 +197,15 @@ cdef public int pgllm_gpt2_train_forward(const PgllmGPT2Config *cfg, const float
                                          ln2, a.t[A_LN2_MEAN] + l * BT, a.t[A_LN2_RSTD] + l * BT,
                                          BT, C, cfg.eps, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 1, BT, 4 * C, C, ln2, C, p.t[PGLLM_P_FCW] + l * 4 * C * C, C,
-                            fch, 4 * C, p.t[PGLLM_P_FCB] + l * 4 * C, 0, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                            BT, 4 * C, C, ln2, C, p.t[PGLLM_P_FCW] + l * 4 * C * C, C,
+                            fch, 4 * C, p.t[PGLLM_P_FCB] + l * 4 * C, PGLLM_OVERWRITE, cancel)
         if rc == PGLLM_OK:
             rc = pgllm_gelu_forward(fch, fchg, BT * 4 * C, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 1, BT, C, 4 * C, fchg, 4 * C, p.t[PGLLM_P_FCPROJW] + l * 4 * C * C,
-                            4 * C, tmp, C, p.t[PGLLM_P_FCPROJB] + l * C, 0, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                            BT, C, 4 * C, fchg, 4 * C, p.t[PGLLM_P_FCPROJW] + l * 4 * C * C,
+                            4 * C, tmp, C, p.t[PGLLM_P_FCPROJB] + l * C, PGLLM_OVERWRITE, cancel)
         if rc == PGLLM_OK:
             rc = _dropout_inplace(tmp, BT * C, dropout, _site(seed, _site_resid_mlp(l)), cancel)
         if rc == PGLLM_OK:
@@ -219,8 +217,9 @@ cdef public int pgllm_gpt2_train_forward(const PgllmGPT2Config *cfg, const float
                                  p.t[PGLLM_P_LNFB], a.t[A_LNF], a.t[A_LNF_MEAN], a.t[A_LNF_RSTD],
                                  BT, C, cfg.eps, cancel)
     if rc == PGLLM_OK:
-        rc = pgllm_gemm(0, 1, BT, V, C, a.t[A_LNF], C, p.t[PGLLM_P_WTE], C, a.t[A_LOGITS], V,
-                        NULL, 0, cancel)
+        rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+                        BT, V, C, a.t[A_LNF], C, p.t[PGLLM_P_WTE], C, a.t[A_LOGITS], V,
+                        NULL, PGLLM_OVERWRITE, cancel)
     if rc == PGLLM_OK and targets != NULL:
         rc = pgllm_cross_entropy_forward(a.t[A_LOGITS], targets, a.t[A_LOSSES], BT, V, cancel)
         if rc == PGLLM_OK and loss != NULL:
@@ -286,10 +285,12 @@ cdef public int pgllm_gpt2_train_backward(const PgllmGPT2Config *cfg, const floa
     rc = pgllm_cross_entropy_backward(a.t[A_LOGITS], targets, a.t[A_LOGITS], BT, V, loss_scale,
                                       cancel)
     if rc == PGLLM_OK:
-        rc = pgllm_gemm(1, 0, V, C, BT, a.t[A_LOGITS], V, a.t[A_LNF], C, g.t[PGLLM_P_WTE], C,
-                        NULL, 1, cancel)
+        rc = pgllm_gemm(PGLLM_TRANS, PGLLM_NO_TRANS,
+                        V, C, BT, a.t[A_LOGITS], V, a.t[A_LNF], C, g.t[PGLLM_P_WTE], C,
+                        NULL, PGLLM_ACCUMULATE, cancel)
     if rc == PGLLM_OK:
-        rc = pgllm_gemm(0, 0, BT, C, V, a.t[A_LOGITS], V, p.t[PGLLM_P_WTE], C, dln, C, NULL, 0,
+        rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_NO_TRANS,
+                        BT, C, V, a.t[A_LOGITS], V, p.t[PGLLM_P_WTE], C, dln, C, NULL, PGLLM_OVERWRITE,
                         cancel)
     if rc == PGLLM_OK:
         rc = _layernorm_backward(a.t[A_RESIDUAL3] + (L - 1) * BT * C, dln, p.t[PGLLM_P_LNFW],
@@ -302,23 +303,27 @@ cdef public int pgllm_gpt2_train_backward(const PgllmGPT2Config *cfg, const floa
         memcpy(dtmp, dres, BT * C * sizeof(float))
         rc = _dropout_inplace(dtmp, BT * C, dropout, _site(seed, _site_resid_mlp(l)), cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(1, 0, C, 4 * C, BT, dtmp, C, a.t[A_FCH_GELU] + l * BT * 4 * C, 4 * C,
-                            g.t[PGLLM_P_FCPROJW] + l * 4 * C * C, 4 * C, NULL, 1, cancel)
+            rc = pgllm_gemm(PGLLM_TRANS, PGLLM_NO_TRANS,
+                            C, 4 * C, BT, dtmp, C, a.t[A_FCH_GELU] + l * BT * 4 * C, 4 * C,
+                            g.t[PGLLM_P_FCPROJW] + l * 4 * C * C, 4 * C, NULL, PGLLM_ACCUMULATE, cancel)
         if rc == PGLLM_OK:
             rc = _colsum(dtmp, g.t[PGLLM_P_FCPROJB] + l * C, BT, C, 1, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 0, BT, 4 * C, C, dtmp, C, p.t[PGLLM_P_FCPROJW] + l * 4 * C * C,
-                            4 * C, dbig, 4 * C, NULL, 0, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_NO_TRANS,
+                            BT, 4 * C, C, dtmp, C, p.t[PGLLM_P_FCPROJW] + l * 4 * C * C,
+                            4 * C, dbig, 4 * C, NULL, PGLLM_OVERWRITE, cancel)
         if rc == PGLLM_OK:
             rc = pgllm_gelu_backward(a.t[A_FCH] + l * BT * 4 * C, dbig, dbig, BT * 4 * C, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(1, 0, 4 * C, C, BT, dbig, 4 * C, a.t[A_LN2] + l * BT * C, C,
-                            g.t[PGLLM_P_FCW] + l * 4 * C * C, C, NULL, 1, cancel)
+            rc = pgllm_gemm(PGLLM_TRANS, PGLLM_NO_TRANS,
+                            4 * C, C, BT, dbig, 4 * C, a.t[A_LN2] + l * BT * C, C,
+                            g.t[PGLLM_P_FCW] + l * 4 * C * C, C, NULL, PGLLM_ACCUMULATE, cancel)
         if rc == PGLLM_OK:
             rc = _colsum(dbig, g.t[PGLLM_P_FCB] + l * 4 * C, BT, 4 * C, 1, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 0, BT, C, 4 * C, dbig, 4 * C, p.t[PGLLM_P_FCW] + l * 4 * C * C, C,
-                            dln, C, NULL, 0, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_NO_TRANS,
+                            BT, C, 4 * C, dbig, 4 * C, p.t[PGLLM_P_FCW] + l * 4 * C * C, C,
+                            dln, C, NULL, PGLLM_OVERWRITE, cancel)
         # res2 -> ln_2: dres2 = dres + layernorm'(dln)
         if rc == PGLLM_OK:
             memcpy(dres2, dres, BT * C * sizeof(float))
@@ -331,25 +336,29 @@ cdef public int pgllm_gpt2_train_backward(const PgllmGPT2Config *cfg, const floa
             memcpy(dtmp, dres2, BT * C * sizeof(float))
             rc = _dropout_inplace(dtmp, BT * C, dropout, _site(seed, _site_resid_attn(l)), cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(1, 0, C, C, BT, dtmp, C, a.t[A_ATTY] + l * BT * C, C,
-                            g.t[PGLLM_P_ATTPROJW] + l * C * C, C, NULL, 1, cancel)
+            rc = pgllm_gemm(PGLLM_TRANS, PGLLM_NO_TRANS,
+                            C, C, BT, dtmp, C, a.t[A_ATTY] + l * BT * C, C,
+                            g.t[PGLLM_P_ATTPROJW] + l * C * C, C, NULL, PGLLM_ACCUMULATE, cancel)
         if rc == PGLLM_OK:
             rc = _colsum(dtmp, g.t[PGLLM_P_ATTPROJB] + l * C, BT, C, 1, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 0, BT, C, C, dtmp, C, p.t[PGLLM_P_ATTPROJW] + l * C * C, C,
-                            datty, C, NULL, 0, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_NO_TRANS,
+                            BT, C, C, dtmp, C, p.t[PGLLM_P_ATTPROJW] + l * C * C, C,
+                            datty, C, NULL, PGLLM_OVERWRITE, cancel)
         if rc == PGLLM_OK:
             rc = _attention_bwd(a.t[A_QKV] + l * BT * 3 * C, a.t[A_ATT] + l * B * NH * T * T,
                                 datty, dqkv, B, T, C, NH, dropout,
                                 _site(seed, _site_attn(l)), cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(1, 0, 3 * C, C, BT, dqkv, 3 * C, a.t[A_LN1] + l * BT * C, C,
-                            g.t[PGLLM_P_QKVW] + l * 3 * C * C, C, NULL, 1, cancel)
+            rc = pgllm_gemm(PGLLM_TRANS, PGLLM_NO_TRANS,
+                            3 * C, C, BT, dqkv, 3 * C, a.t[A_LN1] + l * BT * C, C,
+                            g.t[PGLLM_P_QKVW] + l * 3 * C * C, C, NULL, PGLLM_ACCUMULATE, cancel)
         if rc == PGLLM_OK:
             rc = _colsum(dqkv, g.t[PGLLM_P_QKVB] + l * 3 * C, BT, 3 * C, 1, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(0, 0, BT, C, 3 * C, dqkv, 3 * C, p.t[PGLLM_P_QKVW] + l * 3 * C * C, C,
-                            dln, C, NULL, 0, cancel)
+            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_NO_TRANS,
+                            BT, C, 3 * C, dqkv, 3 * C, p.t[PGLLM_P_QKVW] + l * 3 * C * C, C,
+                            dln, C, NULL, PGLLM_OVERWRITE, cancel)
         # inp -> ln_1: dres = dres2 + layernorm'(dln)
         if rc == PGLLM_OK:
             memcpy(dres, dres2, BT * C * sizeof(float))
@@ -369,7 +378,7 @@ cdef public int pgllm_gpt2_adamw(const PgllmGPT2Config *cfg, float *params, cons
                                  float *m, float *v, float lr, float beta1, float beta2,
                                  float eps, float weight_decay, int64_t step,
                                  float grad_scale) noexcept nogil:
-    cdef int64_t sizes[16]
+    cdef int64_t sizes[PGLLM_NUM_PARAM_TENSORS]
     cdef int64_t off = 0
     cdef int k, decays
     pgllm_gpt2_param_sizes(cfg, sizes)
@@ -399,7 +408,7 @@ def gpt2_forward_backward(const float[::1] params, tuple config, const int[::1] 
     the mean loss."""
     import numpy as np
     cdef PgllmGPT2Config c = _config(*config)
-    cdef int64_t sizes[16]
+    cdef int64_t sizes[PGLLM_NUM_PARAM_TENSORS]
     cdef float[::1] acts
     cdef double loss = 0.0
     cdef int rc
@@ -430,7 +439,7 @@ def gpt2_adamw(float[::1] params, const float[::1] grads, float[::1] m, float[::
                tuple config, float lr, float beta1=0.9, float beta2=0.95, float eps=1e-8,
                float weight_decay=0.1, int64_t step=1, float grad_scale=1.0):
     cdef PgllmGPT2Config c = _config(*config)
-    cdef int64_t sizes[16]
+    cdef int64_t sizes[PGLLM_NUM_PARAM_TENSORS]
     cdef int64_t n = pgllm_gpt2_param_sizes(&c, sizes)
     if params.shape[0] != n or grads.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
         raise ValueError("gpt2_adamw: buffer sizes")

@@ -32,22 +32,6 @@ cdef public int pgllm_add(const float *a, const float *b, float *out, int64_t n)
     return PGLLM_OK
 
 
-cdef public int pgllm_scale_add(float *y, const float *x, float alpha, int64_t n) noexcept nogil:
-    """y += alpha * x"""
-    cdef int64_t c, i, lo, hi
-    cdef int64_t nchunks = (n + CHUNK - 1) // CHUNK
-    cdef const float *px
-    cdef float *py
-    for c in prange(nchunks, num_threads=_threads_for(n), schedule='static'):
-        lo = c * CHUNK
-        hi = min(lo + CHUNK, n)
-        px = x + lo
-        py = y + lo
-        for i in range(hi - lo):
-            py[i] = py[i] + alpha * px[i]
-    return PGLLM_OK
-
-
 cdef public int pgllm_scale(float *x, int64_t n, float alpha) noexcept nogil:
     cdef int64_t c, i, lo, hi
     cdef int64_t nchunks = (n + CHUNK - 1) // CHUNK
@@ -127,13 +111,18 @@ cdef public double pgllm_mean(const float *x, int64_t n) noexcept nogil:
     return s / n
 
 
+cdef public double pgllm_clip_scale(const float *g, int64_t n, double max_norm,
+                                    double *norm) noexcept nogil:
+    norm[0] = sqrt(pgllm_sum_squares(g, n))
+    if max_norm <= 0:
+        return 1.0
+    return min(1.0, max_norm / (norm[0] + 1e-6))
+
+
 cdef public double pgllm_clip_by_norm(const float *g, float *out, int64_t n,
                                       float max_norm) noexcept nogil:
-    cdef double norm = sqrt(pgllm_sum_squares(g, n))
-    cdef double coef = max_norm / (norm + 1e-6)
-    cdef int64_t i
-    if coef > 1.0:
-        coef = 1.0
+    cdef double norm
+    cdef double coef = pgllm_clip_scale(g, n, max_norm, &norm)
     if out != g:
         memcpy(out, g, n * sizeof(float))
     if coef < 1.0:
@@ -752,6 +741,16 @@ def adamw_step(float[::1] w, const float[::1] g, float[::1] m, float[::1] v,
         with nogil:
             pgllm_adamw_step(&w[0], &g[0], &m[0], &v[0], w.shape[0], lr, beta1, beta2, eps,
                              weight_decay, step, grad_scale)
+
+
+def clip_scale(const float[::1] g, double max_norm):
+    """(scale, norm): the factor training scales the gradient by before AdamW
+    (torch's clip_grad_norm_; 1 when max_norm <= 0), and the gradient norm."""
+    cdef double norm = 0.0, scale
+    cdef const float *p = &g[0] if g.shape[0] else NULL
+    with nogil:
+        scale = pgllm_clip_scale(p, g.shape[0], max_norm, &norm)
+    return scale, norm
 
 
 def clip_by_norm(const float[::1] g, float[::1] out, float max_norm):

@@ -63,7 +63,14 @@ uint64_t	pgllm_rand_u64(uint64_t seed, uint64_t i);
 /* ---- GEMM: C(M,N) [+]= op(A)(M,K) @ op(B)(K,N) [+ bias(N)] ----
  * op(A) = A (stored M x K, row stride lda) or A^T (A stored K x M) when transA;
  * op(B) = B (stored K x N, row stride ldb) or B^T (B stored N x K) when transB.
- * accumulate=0 overwrites C (restartable); accumulate=1 adds to C. */
+ * PGLLM_OVERWRITE sets C (restartable); PGLLM_ACCUMULATE adds to it. */
+enum
+{
+	PGLLM_NO_TRANS = 0,
+	PGLLM_TRANS = 1,
+	PGLLM_OVERWRITE = 0,
+	PGLLM_ACCUMULATE = 1
+};
 int		pgllm_gemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
 				   const float *A, int64_t lda, const float *B, int64_t ldb,
 				   float *C, int64_t ldc, const float *bias, int accumulate,
@@ -86,7 +93,6 @@ void	pgllm_micro_avx2(int64_t kc, const float *L, int64_t l_rs, int64_t l_cs,
 
 /* ---- elementwise and row-wise ops ---- */
 int		pgllm_add(const float *a, const float *b, float *out, int64_t n);
-int		pgllm_scale_add(float *y, const float *x, float alpha, int64_t n);
 int		pgllm_gelu_forward(const float *x, float *y, int64_t n, const int *cancel);
 int		pgllm_gelu_backward(const float *x, const float *dy, float *dx, int64_t n,
 							const int *cancel);
@@ -130,7 +136,10 @@ int		pgllm_adamw_step(float *w, const float *g, float *m, float *v, int64_t n,
 						 float weight_decay, int64_t step, float grad_scale);
 double	pgllm_sum_squares(const float *x, int64_t n);
 double	pgllm_mean(const float *x, int64_t n);
-/* out = g * min(1, max_norm / (||g|| + 1e-6)) (torch's clip_grad_norm_); returns ||g|| */
+/* the factor torch's clip_grad_norm_ scales g by: min(1, max_norm / (||g|| + 1e-6)),
+ * 1 when max_norm <= 0 (clipping off); ||g|| goes to *norm */
+double	pgllm_clip_scale(const float *g, int64_t n, double max_norm, double *norm);
+/* out = g * pgllm_clip_scale(g, max_norm); returns ||g|| */
 double	pgllm_clip_by_norm(const float *g, float *out, int64_t n, float max_norm);
 int		pgllm_scale(float *x, int64_t n, float alpha);
 /* 1 if every element is finite */
@@ -200,6 +209,12 @@ enum
 	PGLLM_NUM_PARAM_TENSORS
 };
 
+/* The one parameter table: tensor kind -> its HuggingFace name suffix (after
+ * "h.<layer>." when per_layer), whether HuggingFace's Conv1D stores it as
+ * (in, out), and its shape (rows, cols; cols 1 for vectors) in the kernels'
+ * layout.  PGLLM_EINVAL for a kind out of range. */
+int		pgllm_gpt2_param_spec(const PgllmGPT2Config *cfg, int kind, const char **suffix,
+							  int *per_layer, int *hf_transposed, int64_t *rows, int64_t *cols);
 /* floats of each parameter tensor (all layers); returns the total */
 int64_t	pgllm_gpt2_param_sizes(const PgllmGPT2Config *cfg, int64_t *sizes);
 /* GPT-2's initialisation from a seed: N(0, 0.02), residual projections
@@ -247,10 +262,8 @@ int		pgllm_gpt2_train_backward(const PgllmGPT2Config *cfg, const float *params,
 int		pgllm_gpt2_adamw(const PgllmGPT2Config *cfg, float *params, const float *grads,
 						 float *m, float *v, float lr, float beta1, float beta2, float eps,
 						 float weight_decay, int64_t step, float grad_scale);
-/* the logits (B*T, V) of the last forward, inside acts */
-float	   *pgllm_gpt2_train_logits(const PgllmGPT2Config *cfg, float *acts, int64_t B, int64_t T);
 
-/* ---- sampling ----
+/* ---- decoding (decode.pxi) ----
  * Next token from logits (modified in place): repetition penalty on the
  * tokens of history (CTRL / HuggingFace rule), then greedy argmax when
  * temperature == 0, else temperature, top-k (0: off), top-p (1: off) and a
@@ -263,6 +276,56 @@ int32_t	pgllm_sample_token(float *logits, int64_t V, const int32_t *history,
 int		pgllm_log_softmax(float *x, int64_t rows, int64_t cols, const int *cancel);
 /* indices of the k largest values (descending; ties: lower index first) */
 int		pgllm_topk(const float *x, int64_t n, int64_t k, int64_t *idx);
+
+/*
+ * Beam search of width W: the whole state lives in one caller-allocated
+ * buffer of pgllm_beams_bytes(W, max_tokens), with named pointers into it.
+ * Live beams are rows 0..live-1, best first; finished hypotheses (a beam's
+ * tokens when it picks eos, without the eos) keep only the best W, ranked in
+ * done_rank.  A hypothesis scores its summed log-probability over
+ * max(len, 1)^length_penalty.
+ */
+typedef struct PgllmBeams
+{
+	int64_t		width;			/* W */
+	int64_t		max_tokens;		/* maxN: tokens a hypothesis may hold */
+	int64_t		vocab;			/* V */
+	int32_t		eos;			/* -1: none */
+	double		length_penalty;
+	int64_t		live;			/* live beams */
+	int64_t		len;			/* tokens each live beam holds */
+	int64_t		n_done;			/* finished hypotheses kept (<= W) */
+	int32_t    *tokens;			/* (W, maxN) live beams' tokens */
+	int32_t    *next_tokens;	/* (W, maxN) scratch */
+	double	   *logprob;		/* (W) live beams' summed log-probabilities */
+	double	   *next_logprob;	/* (W) scratch */
+	int32_t    *parent;			/* (W) the beam of the last step each live beam continues */
+	int32_t    *last;			/* (W) each live beam's last token: the next input */
+	float	   *lse;			/* (W) scratch: each row's log-sum-exp */
+	void	   *cand;			/* (2W) scratch: the step's best continuations */
+	int32_t    *done_tokens;	/* (W, maxN) finished hypotheses, by slot */
+	int64_t    *done_len;		/* (W) by slot */
+	double	   *done_logprob;	/* (W) by slot */
+	double	   *done_score;		/* (W) by slot */
+	int32_t    *done_rank;		/* (W) slots, best first */
+} PgllmBeams;
+
+int64_t	pgllm_beams_bytes(int64_t width, int64_t max_tokens);
+/* the state in buf, holding one live empty beam (the prompt); PGLLM_EINVAL
+ * unless width, max_tokens and vocab are positive and width * vocab < 2^31 */
+int		pgllm_beams_init(PgllmBeams *s, void *buf, int64_t width, int64_t max_tokens,
+						 int64_t vocab, int32_t eos, double length_penalty);
+/* One step: logits (live, V) are each live beam's next-token logits (the
+ * first step: the prompt's last position), modified.  The best 2W
+ * continuations by summed log-probability, in order: eos ends a hypothesis;
+ * the others become the new live beams until W of them, beam b continuing
+ * parent[b] -- the caller reorders its KV cache with parent, then feeds
+ * last.  *finished: no live beam left, maxN tokens reached, or the best live
+ * beam scores below the W-th finished hypothesis.  Restartable; PGLLM_EINVAL
+ * when nothing is live or maxN is reached. */
+int		pgllm_beam_step(PgllmBeams *s, float *logits, int *finished, const int *cancel);
+/* live beams become hypotheses of their length; returns how many are ranked */
+int64_t	pgllm_beams_finish(PgllmBeams *s);
 
 /* ---- GPT-2's byte-level BPE (tiktoken's algorithm) ----
  * A tokenizer is built from its vocabulary: token i's bytes are

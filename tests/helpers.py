@@ -75,9 +75,10 @@ def model_params(conn, name):
 
 def hf_state(conn, name):
     """The model's tensors in HuggingFace's layout (Conv1D weights (in, out))."""
+    from pg_llm_cy.gpt2 import hf_transposed
     out = {}
     for n, a in model_params(conn, name).items():
-        out[n] = a.T.copy() if n.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else a
+        out[n] = a.T.copy() if hf_transposed(n) else a
     return out
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import assert_sql_error, create_model, model_params, sql_value
 from pg_llm_cy import kernels as K
-from pg_llm_cy.gpt2 import GPT2Config, flat_from_table, num_params
+from pg_llm_cy.gpt2 import GPT2Config, flat_from_table, hf_shape, hf_transposed, num_params, param_names
 
 
 def test_preregistered_sizes(conn):
@@ -18,6 +18,25 @@ def test_preregistered_sizes(conn):
     assert rows["gpt2-medium"] == (24, 16, 1024, 1024, 50257)
     assert rows["gpt2-large"] == (36, 20, 1280, 1024, 50257)
     assert rows["gpt2-xl"] == (48, 25, 1600, 1024, 50257)
+
+
+def test_one_parameter_table(conn):
+    """llm_param's names and shapes (the shim), the Python converters and the
+    kernels' buffer sizes all come from the kernels' one table."""
+    cfg = GPT2Config(2, 2, 16, 24, 100)
+    sizes, total = K.gpt2_param_sizes(2, 2, 16, 24, 100)
+    table = K.gpt2_param_table(2, 2, 16, 24, 100)
+    assert [t[0] for t in table][:2] == ["wte.weight", "wpe.weight"] and len(table) == len(sizes) == 16
+    assert [(2 if per_layer else 1) * rows * cols for _, per_layer, _, rows, cols in table] == sizes
+    assert total == num_params(cfg)
+    create_model(conn, "table_a", n_layer=2, n_head=2, n_embd=16, n_positions=24, vocab=100)
+    rows = conn.execute("SELECT name, shape FROM llm_param WHERE model = 'table_a'").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(param_names(cfg))
+    for name, shape in rows:
+        hf = hf_shape(cfg, name)
+        assert tuple(shape) == (hf[::-1] if hf_transposed(name) else hf), name
+    assert hf_shape(cfg, "h.1.mlp.c_fc.weight") == (16, 64) and hf_transposed("h.1.mlp.c_fc.weight")
+    assert hf_shape(cfg, "h.0.attn.c_attn.bias") == (48,) and not hf_transposed("h.0.attn.c_attn.bias")
 
 
 def test_create_model_gpt2_init(conn):

@@ -234,6 +234,19 @@ pgllm_require_finite(const float *x, int64 n, const char *argname)
 				 errhint("pg_llm's arithmetic ops reject non-finite inputs rather than return NaN.")));
 }
 
+/* a seed for sampling and dropout when the caller gives none */
+uint64
+pgllm_random_seed(void)
+{
+	uint64		seed;
+
+	if (!pg_strong_random(&seed, sizeof(seed)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("pg_llm: could not generate a random seed")));
+	return seed;
+}
+
 /* ---------------------------------------------------------------------------
  * Working memory, bounded by pg_llm.max_memory_mb
  *

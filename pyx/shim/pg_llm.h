@@ -4,6 +4,13 @@
  * The shims are thin fmgr wrappers: they validate arguments with precise
  * SQLSTATEs, fetch and cache data, call a Cython kernel (pg_llm_kernels.h)
  * and return.  They never compute; kernels never touch PostgreSQL.
+ *
+ * One file per concern, each opening with what it owns: catalog.c (tables,
+ * the SPI helper), params.c + toast_read.c (parameters in llm_param),
+ * model.c (the model cache), inference.c, generate.c, tokenizer.c,
+ * dataset.c, train.c, weights_io.c, tensor_ops.c; pg_llm.c is the module
+ * entry and settings.  Each SQL function's C entry is named in
+ * ARCHITECTURE.md's map, with the kernels it calls.
  */
 #ifndef PG_LLM_SHIM_H
 #define PG_LLM_SHIM_H
@@ -100,6 +107,7 @@ extern bytea *pgllm_new_tensor(int64 n, float **data);
 
 /* ERROR (22P01) if a tensor holds NaN or Inf */
 extern void pgllm_require_finite(const float *x, int64 n, const char *argname);
+extern uint64 pgllm_random_seed(void);
 
 /* a float4[] argument flattened (no NULL elements) */
 extern float *pgllm_float4_array(ArrayType *arr, int64 *n, const char *argname);
@@ -136,7 +144,7 @@ extern void *pgllm_alloc_bytes(int64 bytes, const char *what);
 extern void pgllm_free(void *ptr, int64 bytes);
 extern int64 pgllm_memory_in_use(void);
 
-/* ---- models (model.c) ---- */
+/* ---- the model cache (model.c) ---- */
 
 /* A model's parameters cached in this backend: one aligned buffer in the
  * kernels' layout, keyed by (name, version).  Pinned while in use. */
@@ -154,6 +162,10 @@ typedef struct PgllmModel
 	int64		hits;			/* calls served from the cache */
 	struct PgllmModel *next;
 } PgllmModel;
+
+/* the model's parameters, loaded or from the cache, pinned until release */
+extern PgllmModel *pgllm_model_acquire(const char *name);
+extern void pgllm_model_release(PgllmModel *m);
 
 /* ---- the catalog (catalog.c) ---- */
 
@@ -197,9 +209,13 @@ extern bool pgllm_model_has_params(const char *name);
  * reset_step: its train_step starts again from 0 (new weights) */
 extern void pgllm_config_upsert(const char *name, const PgllmGPT2Config *cfg, bool reset_step);
 
-/* the model's parameters, loaded or from the cache, pinned until release */
-extern PgllmModel *pgllm_model_acquire(const char *name);
-extern void pgllm_model_release(PgllmModel *m);
+/* ERROR unless a configuration is in range and n_head divides n_embd */
+extern void pgllm_config_check(const PgllmGPT2Config *cfg, const char *fn);
+
+/* take a new version number for a model (after its parameters changed) */
+extern int64 pgllm_model_bump_version(const char *name);
+
+/* ---- parameters in llm_param (params.c) ---- */
 
 /* read one column (data, m or v) of every parameter tensor into a buffer in
  * the kernels' layout; returns false if the model has none of that column */
@@ -229,6 +245,9 @@ extern bool pgllm_param_lookup(const PgllmGPT2Config *cfg, const char *name, int
 extern int	pgllm_param_count(const PgllmGPT2Config *cfg);
 extern char *pgllm_param_name(const PgllmGPT2Config *cfg, int i, int *kind, int *layer);
 
+/* a tensor's shape as llm_param keeps it: int[] {rows} or {rows, cols} */
+extern Datum pgllm_shape_datum(int64 rows, int64 cols);
+
 /* where tensor (kind, layer) starts in the kernels' buffer, and its floats */
 extern int64 pgllm_param_offset(const PgllmGPT2Config *cfg, int kind, int layer,
 								int64 *count);
@@ -249,12 +268,6 @@ extern bool pgllm_toast_external(Datum d, Oid *toastrelid, Oid *valueid, int64 *
 /* copy the targets' values into their dest with one scan; false: not done,
  * detoast them instead */
 extern bool pgllm_toast_fetch_many(Oid toastrelid, PgllmToastTarget *targets, int n);
-
-/* ERROR unless a configuration is in range and n_head divides n_embd */
-extern void pgllm_config_check(const PgllmGPT2Config *cfg, const char *fn);
-
-/* take a new version number for a model (after its parameters changed) */
-extern int64 pgllm_model_bump_version(const char *name);
 
 /* ---- datasets (dataset.c) ---- */
 

@@ -141,7 +141,8 @@ pg_llm_matmul(PG_FUNCTION_ARGS)
 	float	   *C;
 	bytea	   *out = pgllm_new_tensor(mn, &C);
 
-	PGLLM_KERNEL(pgllm_gemm(0, 0, m, n, k, A, k, B, n, C, n, NULL, 0, pgllm_cancel));
+	PGLLM_KERNEL(pgllm_gemm(PGLLM_NO_TRANS, PGLLM_NO_TRANS,
+							m, n, k, A, k, B, n, C, n, NULL, PGLLM_OVERWRITE, pgllm_cancel));
 	product_finite(C, mn, 2, (const float *const[]) {A, B}, (const int64[]) {mk, kn},
 				   (const char *const[]) {"a", "b"}, "pg_llm_matmul");
 	PG_RETURN_BYTEA_P(out);
@@ -167,8 +168,10 @@ pg_llm_matmul_backward(PG_FUNCTION_ARGS)
 
 	res[0] = pgllm_new_tensor(mk, &dA);
 	res[1] = pgllm_new_tensor(kn, &dB);
-	PGLLM_KERNEL(pgllm_gemm(0, 1, m, k, n, dY, n, B, n, dA, k, NULL, 0, pgllm_cancel));
-	PGLLM_KERNEL(pgllm_gemm(1, 0, k, n, m, A, k, dY, n, dB, n, NULL, 0, pgllm_cancel));
+	PGLLM_KERNEL(pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
+							m, k, n, dY, n, B, n, dA, k, NULL, PGLLM_OVERWRITE, pgllm_cancel));
+	PGLLM_KERNEL(pgllm_gemm(PGLLM_TRANS, PGLLM_NO_TRANS,
+							k, n, m, A, k, dY, n, dB, n, NULL, PGLLM_OVERWRITE, pgllm_cancel));
 	/* da involves dy and b, db involves a and dy */
 	product_finite(dA, mk, 2, (const float *const[]) {dY, B}, (const int64[]) {mn, kn},
 				   (const char *const[]) {"dy", "b"}, "pg_llm_matmul_backward");
@@ -579,18 +582,6 @@ dropout_p_check(float p, const char *fn)
 				 errmsg("%s: p must lie in [0, 1], got %g", fn, p)));
 }
 
-static uint64
-random_seed(void)
-{
-	uint64		seed;
-
-	if (!pg_strong_random(&seed, sizeof(seed)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("pg_llm: could not generate a random seed")));
-	return seed;
-}
-
 /* pg_llm_dropout(x, p, training [, seed]); without a seed the mask is random */
 PG_FUNCTION_INFO_V1(pg_llm_dropout);
 Datum
@@ -600,7 +591,7 @@ pg_llm_dropout(PG_FUNCTION_ARGS)
 	int64		n = pgllm_tensor_len(xb, "x");
 	float		p = PG_GETARG_FLOAT4(1);
 	bool		training = PG_GETARG_BOOL(2);
-	uint64		seed = PG_NARGS() > 3 ? (uint64) (uint32) PG_GETARG_INT32(3) : random_seed();
+	uint64		seed = PG_NARGS() > 3 ? (uint64) (uint32) PG_GETARG_INT32(3) : pgllm_random_seed();
 	float	   *y;
 	bytea	   *out;
 

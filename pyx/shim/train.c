@@ -284,16 +284,14 @@ static double
 optimizer_step(double lr, double weight_decay, double beta1, double beta2, double eps,
 			   double grad_clip)
 {
-	double		norm = sqrt(pgllm_sum_squares(ts->grads, ts->nparams));
-	double		scale = 1.0;
+	double		norm;
+	double		scale = pgllm_clip_scale(ts->grads, ts->nparams, grad_clip, &norm);
 
 	if (!isfinite(norm))
 		ereport(ERROR,
 				(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
 				 errmsg("training model \"%s\": the gradient is not finite", ts->model),
 				 errhint("Lower learning_rate or set grad_clip.")));
-	if (grad_clip > 0 && norm > 0)
-		scale = Min(1.0, grad_clip / (norm + 1e-6));
 	pgllm_threads_prepare();
 	pgllm_kernel_status(pgllm_gpt2_adamw(&ts->cfg, ts->params, ts->grads, ts->m, ts->v, (float) lr,
 										 (float) beta1, (float) beta2, (float) eps,
@@ -895,15 +893,11 @@ pg_llm_gradients(PG_FUNCTION_ARGS)
 		bytea	   *b = pgllm_new_tensor(count, &dst);
 		Datum		values[3];
 		bool		nulls[3] = {false, false, false};
-		Datum		dims[2];
 
 		(void) pgllm_param_lookup(&m->cfg, name, &kind, &layer, &rows, &cols, &hf_t);
 		memcpy(dst, grads + off, count * sizeof(float));
-		dims[0] = Int32GetDatum((int32) rows);
-		dims[1] = Int32GetDatum((int32) cols);
 		values[0] = CStringGetTextDatum(name);
-		values[1] = PointerGetDatum(construct_array(dims, cols > 1 ? 2 : 1, INT4OID, 4, true,
-													TYPALIGN_INT));
+		values[1] = pgllm_shape_datum(rows, cols);
 		values[2] = PointerGetDatum(b);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
