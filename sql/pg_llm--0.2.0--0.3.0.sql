@@ -7,6 +7,18 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 
 -- nanoGPT's name for the width, as everywhere else
 ALTER TABLE @extschema@.llm_model_config RENAME COLUMN d_model TO n_embd;
+-- PostgreSQL 18 records NOT NULL as a constraint named after the column,
+-- which RENAME COLUMN leaves as it was: name it as a fresh install does
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_constraint
+                WHERE conrelid = '@extschema@.llm_model_config'::pg_catalog.regclass
+                  AND conname = 'llm_model_config_d_model_not_null') THEN
+        ALTER TABLE @extschema@.llm_model_config
+            RENAME CONSTRAINT llm_model_config_d_model_not_null TO llm_model_config_n_embd_not_null;
+    END IF;
+END
+$$;
 COMMENT ON TABLE @extschema@.llm_model_config IS 'GPT-2 model configurations (nanoGPT''s names: n_layer, n_head, n_embd, ...)';
 
 -- pg_dump keeps user state: the pre-registered configurations still as
@@ -67,13 +79,19 @@ COMMENT ON VIEW @extschema@.llm_bpe_vocab
     IS 'pg_gpt2''s llm_bpe_vocab (model, token_id, token, score, bytes): read-only, over llm_vocab';
 
 CREATE VIEW @extschema@.llm_bpe_merges AS
-SELECT g.model, g.rank, @extschema@.pg_llm_bpe_token_text(l.token) AS "left",
-       @extschema@.pg_llm_bpe_token_text(r.token) AS "right",
-       @extschema@.pg_llm_bpe_token_text(l.token) OPERATOR(pg_catalog.||) ' '
-           OPERATOR(pg_catalog.||) @extschema@.pg_llm_bpe_token_text(r.token) AS pair
+SELECT g.model, g.rank, t."left", t."right", t."left" OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) t."right" AS pair
   FROM @extschema@.llm_merges g
-  JOIN @extschema@.llm_vocab l ON l.model OPERATOR(pg_catalog.=) g.model AND l.token_id OPERATOR(pg_catalog.=) g.left_id
-  JOIN @extschema@.llm_vocab r ON r.model OPERATOR(pg_catalog.=) g.model AND r.token_id OPERATOR(pg_catalog.=) g.right_id;
+  -- each token looked up by its key: a join here is planned from the
+  -- statistics, and a tokenizer loaded since the last ANALYZE looks like one
+  -- row, which made the planner filter 50,000 x 50,000 pairs (50 s)
+  CROSS JOIN LATERAL (
+      SELECT @extschema@.pg_llm_bpe_token_text(
+                 (SELECT l.token FROM @extschema@.llm_vocab l
+                   WHERE l.model OPERATOR(pg_catalog.=) g.model AND l.token_id OPERATOR(pg_catalog.=) g.left_id)) AS "left",
+             @extschema@.pg_llm_bpe_token_text(
+                 (SELECT r.token FROM @extschema@.llm_vocab r
+                   WHERE r.model OPERATOR(pg_catalog.=) g.model AND r.token_id OPERATOR(pg_catalog.=) g.right_id)) AS "right"
+      OFFSET 0) t;
 COMMENT ON VIEW @extschema@.llm_bpe_merges
     IS 'pg_gpt2''s llm_bpe_merges (model, rank, left, right, pair): read-only, over llm_merges';
 

@@ -241,13 +241,19 @@ COMMENT ON VIEW @extschema@.llm_bpe_vocab
     IS 'pg_gpt2''s llm_bpe_vocab (model, token_id, token, score, bytes): read-only, over llm_vocab';
 
 CREATE VIEW @extschema@.llm_bpe_merges AS
-SELECT g.model, g.rank, @extschema@.pg_llm_bpe_token_text(l.token) AS "left",
-       @extschema@.pg_llm_bpe_token_text(r.token) AS "right",
-       @extschema@.pg_llm_bpe_token_text(l.token) OPERATOR(pg_catalog.||) ' '
-           OPERATOR(pg_catalog.||) @extschema@.pg_llm_bpe_token_text(r.token) AS pair
+SELECT g.model, g.rank, t."left", t."right", t."left" OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) t."right" AS pair
   FROM @extschema@.llm_merges g
-  JOIN @extschema@.llm_vocab l ON l.model OPERATOR(pg_catalog.=) g.model AND l.token_id OPERATOR(pg_catalog.=) g.left_id
-  JOIN @extschema@.llm_vocab r ON r.model OPERATOR(pg_catalog.=) g.model AND r.token_id OPERATOR(pg_catalog.=) g.right_id;
+  -- each token looked up by its key: a join here is planned from the
+  -- statistics, and a tokenizer loaded since the last ANALYZE looks like one
+  -- row, which made the planner filter 50,000 x 50,000 pairs (50 s)
+  CROSS JOIN LATERAL (
+      SELECT @extschema@.pg_llm_bpe_token_text(
+                 (SELECT l.token FROM @extschema@.llm_vocab l
+                   WHERE l.model OPERATOR(pg_catalog.=) g.model AND l.token_id OPERATOR(pg_catalog.=) g.left_id)) AS "left",
+             @extschema@.pg_llm_bpe_token_text(
+                 (SELECT r.token FROM @extschema@.llm_vocab r
+                   WHERE r.model OPERATOR(pg_catalog.=) g.model AND r.token_id OPERATOR(pg_catalog.=) g.right_id)) AS "right"
+      OFFSET 0) t;
 COMMENT ON VIEW @extschema@.llm_bpe_merges
     IS 'pg_gpt2''s llm_bpe_merges (model, rank, left, right, pair): read-only, over llm_merges';
 

@@ -45,20 +45,37 @@ def test_commands_and_errors_do_not_end_the_session(pg_dsn, model):
     help_end = max(i for i, l in enumerate(lines) if l.startswith("Ctrl-C stops"))
     assert len(lines) == help_end + 2 and lines[-1].strip(), out      # "/quit": nothing after
 
-def test_ctrl_c_stops_the_generation_not_the_session(pg_dsn, model):
-    p = session(pg_dsn, "--model", model, "--max-tokens", "900", "--temperature", "0.8",
-                "--eos-token", "-1")
+def wait_until_generating(conn, timeout=30):
+    """Until the session's llm_generate call is running in its backend."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                        "AND query LIKE '%%llm_generate%%' AND pid <> pg_backend_pid()").fetchone()[0]:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the generation did not start")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_ctrl_c_stops_the_generation_not_the_session(pg_dsn, conn, model, stream):
+    p = session(pg_dsn, "--model", model, "--max-tokens", "1000", "--temperature", "0.8",
+                "--eos-token", "-1", *(["--stream"] if stream else []))
     p.stdin.write("Once upon a time\n")
     p.stdin.flush()
-    time.sleep(2.0)                     # inside the generation
+    if stream:
+        first = p.stdout.read(1)        # the first token is out: inside the generation
+    else:
+        first = ""
+        wait_until_generating(conn)
+        time.sleep(0.2)
     t0 = time.time()
     p.send_signal(signal.SIGINT)
     p.stdin.write("/max 2\nHello\n")
     p.stdin.close()
-    out = p.stdout.read()
+    out = first + p.stdout.read()
     p.wait(60)
     assert p.returncode == 0, p.stderr.read()
-    assert "[stopped]" in out
+    assert "[stopped]" in out, out
     after = out.split("[stopped]")[1]
     assert "max_tokens = 2" in after and after.strip().splitlines()[-1]      # and generated again
     assert time.time() - t0 < 30

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import psycopg
 import pytest
@@ -199,10 +200,15 @@ def run_block(b, ctx):
 
 
 def test_every_example_runs(docs_env):
+    seconds = []
     for page in guide_pages():
         for b in parse_page(page):
             if b.lang in RUN_LANGS:
+                t0 = time.perf_counter()
                 run_block(b, docs_env)
+                seconds.append((time.perf_counter() - t0, repr(b)))
+    # where the guide's time goes (pytest -rP shows it)
+    print("slowest examples:", ", ".join(f"{where} {s:.0f} s" for s, where in sorted(seconds)[-8:]))
 
 
 def test_walkthrough(docs_env, data_dir):

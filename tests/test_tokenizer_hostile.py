@@ -158,15 +158,25 @@ def test_building_answers_statement_timeout(pg_dsn, conn, model):
     conn.execute("INSERT INTO llm_vocab (model, token_id, token) "
                  "SELECT %s, i, CASE WHEN i < 256 THEN set_byte('\\x00'::bytea, 0, i) "
                  "ELSE decode(md5(i::text), 'hex') END FROM generate_series(0, 999999) i", (model,))
+    # the first read of fresh rows sets their hint bits, which makes it
+    # slower than any later one: vacuum first, then time the fastest of two
+    # builds, each in a new backend as the timed-out ones below
+    conn.execute("VACUUM llm_vocab")
+    full = float("inf")
+    for _ in range(2):
+        conn.execute("UPDATE llm_model_config SET tokenizer_version = nextval('llm_model_version_seq') "
+                     "WHERE model = %s", (model,))
+        r = Runner(pg_dsn, "SELECT llm_encode('x', 'hostile')")
+        t0 = time.perf_counter()
+        r.start()
+        r.join(120)
+        assert r.error is None and r.result == ([120],), r.error or r.result
+        full = min(full, r.ended - t0)
+        r.conn.close()
     conn.execute("UPDATE llm_model_config SET tokenizer_version = nextval('llm_model_version_seq') "
                  "WHERE model = %s", (model,))
-    t0 = time.perf_counter()
-    assert sql_value(conn, "SELECT llm_encode('x', %s)", (model,)) == [120]
-    full = time.perf_counter() - t0
-    conn.execute("UPDATE llm_model_config SET tokenizer_version = nextval('llm_model_version_seq') "
-                 "WHERE model = %s", (model,))
-    for timeout in (0.3, full * 0.8):   # in the rows' read, then in the build
-        if timeout > full:
+    for timeout in (0.3, full * 0.5):   # in the rows' read, then in the build
+        if timeout > full * 0.5:
             continue
         r = Runner(pg_dsn, "SELECT llm_encode('x', 'hostile')", [f"SET statement_timeout = '{int(timeout * 1000)}ms'"])
         t0 = time.perf_counter()

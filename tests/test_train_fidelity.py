@@ -87,9 +87,14 @@ def test_adamw_steps_match_torch(conn, server_dir, tmp_path, lr, wd, steps):
     final = {n.removeprefix("transformer."): p.detach().numpy() for n, p in ref.named_parameters()}
     for name, shp, data in conn.execute("SELECT name, shape, data FROM llm_param WHERE model = 'adamw_ref'"):
         want = final[name].T if name.endswith(CONV1D) else final[name]
-        # a gradient element near 0 makes Adam's m/sqrt(v) sensitive to float32
-        # rounding: within 1% of a step (decaying a layernorm weight by mistake
-        # would move it by lr * wd per step)
-        np.testing.assert_allclose(untensor(data, shp), want, rtol=0, atol=1e-2 * lr, err_msg=name)
+        # Within 1% of a step for 99.9% of the elements and 5% for all: where
+        # a gradient element is within float32 rounding of eps, Adam's
+        # m / (sqrt(v) + eps) amplifies our float32 rounding against the
+        # float64 reference (h.0.mlp.c_fc.weight[202, 41] here, 1.3%).
+        # Decaying a layernorm weight by mistake moves it 10% (lr=1e-4) or
+        # 50% (lr=1e-2) of a step, not decaying a 2-D weight ~1% per step.
+        err = np.abs(untensor(data, shp) - want)
+        assert (err <= 1e-2 * lr).mean() >= 0.999, (name, (err > 1e-2 * lr).sum(), err.max() / lr)
+        assert err.max() <= 5e-2 * lr, (name, np.unravel_index(err.argmax(), err.shape), err.max() / lr)
     assert conn.execute("SELECT train_step FROM llm_model_config WHERE model = 'adamw_ref'").fetchone()[0] == steps
     conn.execute("SELECT llm_drop_model('adamw_ref')")
