@@ -78,33 +78,6 @@ cdef int64_t _top_candidates(const float *x, int64_t n, int64_t k, ScoreIdx *out
     return m
 
 
-cdef public int pgllm_topk(const float *x, int64_t n, int64_t k, int64_t *idx) noexcept nogil:
-    cdef ScoreIdx *buf = <ScoreIdx *> malloc(max(n, <int64_t> 1) * sizeof(ScoreIdx))
-    cdef int64_t i, m
-    if buf == NULL:
-        return PGLLM_ENOMEM
-    m = _top_candidates(x, n, k, buf)
-    for i in range(min(k, m)):
-        idx[i] = buf[i].i
-    free(buf)
-    return PGLLM_OK
-
-
-cdef public int pgllm_log_softmax(float *x, int64_t rows, int64_t cols,
-                                  const int *cancel) noexcept nogil:
-    cdef int64_t r, i
-    cdef float lse
-    cdef float *row
-    for r in prange(rows, num_threads=_threads_for(rows * cols), schedule='static'):
-        if PGLLM_CANCELLED(cancel):
-            continue
-        row = x + r * cols
-        lse = _logsumexp_row(row, cols)
-        for i in range(cols):
-            row[i] = row[i] - lse
-    return _status(cancel)
-
-
 # ---------------------------------------------------------------------------
 # sampling one token
 # ---------------------------------------------------------------------------

@@ -272,10 +272,6 @@ int32_t	pgllm_sample_token(float *logits, int64_t V, const int32_t *history,
 						   int64_t nhist, float repetition_penalty, float temperature,
 						   int64_t topk, float topp, uint64_t seed, uint64_t step,
 						   float *work);
-/* rows of logits -> log-probabilities, in place */
-int		pgllm_log_softmax(float *x, int64_t rows, int64_t cols, const int *cancel);
-/* indices of the k largest values (descending; ties: lower index first) */
-int		pgllm_topk(const float *x, int64_t n, int64_t k, int64_t *idx);
 
 /*
  * Beam search of width W: the whole state lives in one caller-allocated
