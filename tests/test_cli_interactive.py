@@ -24,9 +24,13 @@ def model(conn, data_dir):
 
 def session(pg_dsn, *args):
     env = dict(os.environ, PG_LLM_DSN=pg_dsn, PYTHONUNBUFFERED="1")
+    # SIGINT as a terminal delivers it: a job started with `&` by a
+    # non-interactive shell (as CI may run the suite) inherits SIGINT ignored,
+    # and Python then never installs its KeyboardInterrupt handler
     return subprocess.Popen([sys.executable, "-m", "pg_llm_cy", "generate", "--interactive", *args],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd="/")
+                            text=True, env=env, cwd="/",
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_commands_and_errors_do_not_end_the_session(pg_dsn, model):

@@ -231,7 +231,8 @@ def test_pg_gpt2_views(conn, data_dir):
         load_tokenizer(conn, "views_m", data_dir)
         plan = "\n".join(r[0] for r in conn.execute(
             "EXPLAIN SELECT * FROM llm_bpe_merges WHERE model = 'views_m'").fetchall())
-        assert "Join Filter" not in plan and plan.count("token_id = g.") == 2, plan
+        # each token by its key (PG 14 prints the keys as $n, later versions as g.*)
+        assert "Join Filter" not in plan and plan.count("AND (token_id = ") == 2, plan
         vocab = json.load(open(f"{data_dir}/gpt2/vocab.json", encoding="utf-8"))
         rows = conn.execute("SELECT token, token_id, score, bytes FROM llm_bpe_vocab WHERE model = 'views_m'").fetchall()
         assert {t: i for t, i, _, _ in rows} == vocab
