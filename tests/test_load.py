@@ -1,7 +1,7 @@
 """A short run of scripts/load_test.py: 8 sessions generating from a model
 while a ninth trains it (CALL llm_train_run, write-backs every 3 steps).
 No errors, a model load per version a session meets (never per call), and
-no backend's private memory growing in the second half.  The 10-minute run
+no backend's private memory ending above its first-half peak.  The 10-minute run
 is the script itself:
     python scripts/load_test.py --minutes 10
 """
