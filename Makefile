@@ -51,9 +51,35 @@ CYTHON_FLAGS    := $(shell $(PG_LLM_PYTHON) pyx/build_config.py directives)
 KERNEL_CFLAGS   := $(shell $(PG_LLM_PYTHON) pyx/build_config.py cflags)
 KERNEL_DEPS     := $(wildcard pyx/*.pyx pyx/*.pxi pyx/*.pxd pyx/*.h pyx/build_config.py)
 
+KERNEL_CYTHONIZE = $(PG_LLM_PYTHON) -m cython $(CYTHON_FLAGS) -I pyx -o $(KERNEL_C) pyx/_kernels.pyx
+
 $(KERNEL_C): $(KERNEL_DEPS)
 	@mkdir -p $(dir $@)
-	$(PG_LLM_PYTHON) -m cython $(CYTHON_FLAGS) -I pyx -o $@ pyx/_kernels.pyx
+	$(KERNEL_CYTHONIZE)
+
+# PG_LLM_KERNEL_CACHE=DIR keeps the compiled kernels in DIR under a key of
+# everything they are made from (their sources, Cython's version and
+# directives, the compiler, its version and the flags that change code: not
+# warnings), so that builds for several PostgreSQL versions compile them
+# once: they include no PostgreSQL header.  tox sets it; without it, every
+# build compiles them.
+ifdef PG_LLM_KERNEL_CACHE
+KERNEL_KEY    := $(shell { echo '$(CC) | $(filter-out -W%,$(CFLAGS)) | $(KERNEL_CFLAGS) | $(CYTHON_FLAGS) | $(PY_INC) | $(PG_LLM_SANITIZE)'; \
+                   $(CC) --version | head -n 1; $(PG_LLM_PYTHON) -m cython --version 2>&1; cat $(KERNEL_DEPS); } \
+                   | sha256sum | cut -c1-24)
+KERNEL_CACHED := $(PG_LLM_KERNEL_CACHE)/_kernels-$(KERNEL_KEY).o
+
+$(KERNEL_OBJ): $(KERNEL_CACHED)
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+# written under a temporary name and renamed: a build that stops halfway
+# leaves no object under the key
+$(KERNEL_CACHED):
+	@mkdir -p $(dir $@) $(dir $(KERNEL_C))
+	$(KERNEL_CYTHONIZE)
+	$(CC) $(CFLAGS) $(CPPFLAGS) -c -o $@.tmp$$$$ $(KERNEL_C) && mv -f $@.tmp$$$$ $@
+endif
 
 $(KERNEL_OBJ): override CPPFLAGS += -I$(PY_INC)
 # (globals not instrumented there: their ASan metadata would keep the unused

@@ -519,34 +519,3 @@ def test_cli_train_and_plot(conn, pg_dsn, tmp_path):
     r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "plot_training.py"), "--dsn", pg_dsn,
                         "--model", "no_such_model", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode != 0 and "no steps" in r.stderr
-
-
-# ---------------------------------------------------------------------------
-# from scratch on tinyshakespeare (heavy)
-# ---------------------------------------------------------------------------
-@pytest.mark.heavy
-def test_tinyshakespeare_from_scratch(conn, data_dir):
-    """4 layers, 4 heads, 128 embedding, block 64, GPT-2's tokenizer."""
-    create_model(conn, "shakespeare", n_layer=4, n_head=4, n_embd=128, n_positions=64, seed=1337)
-    load_tokenizer(conn, "shakespeare", data_dir)
-    with open(os.path.join(data_dir, "tinyshakespeare.txt"), encoding="utf-8") as f:
-        rows = sql_value(conn, "SELECT llm_dataset_from_text('shakespeare', %s, 64, 0.1, 'shakespeare')",
-                         (f.read(),))
-    assert rows == (304223 - 1) // 64 + (33802 - 1) // 64
-    before = sql_value(conn, "SELECT loss FROM llm_evaluate('shakespeare', 'val', 'shakespeare')")
-    assert 10.6 < before < 11.0
-    t = time.perf_counter()
-    conn.execute("CALL llm_train_run('shakespeare', 150, batch_size => 8, block_size => 64, "
-                 "learning_rate => 2e-3, min_lr => 2e-4, warmup_iters => 10, eval_interval => 25, "
-                 "eval_iters => 8, checkpoint_interval => 50, dataset => 'shakespeare')")
-    wall = time.perf_counter() - t
-    after = sql_value(conn, "SELECT loss FROM llm_evaluate('shakespeare', 'val', 'shakespeare')")
-    curve = conn.execute("SELECT step, round(val_loss::numeric, 3) FROM llm_train_log "
-                         "WHERE model = 'shakespeare' AND val_loss IS NOT NULL ORDER BY step").fetchall()
-    print(f"\ntinyshakespeare: val loss {before:.3f} -> {after:.3f} in 150 steps, {wall:.1f} s; "
-          f"curve {curve}")
-    assert after < 7.0
-    vals = [float(v) for _, v in curve]
-    assert vals == sorted(vals, reverse=True)
-    text = sql_value(conn, "SELECT llm_generate('ROMEO:', 20, 0.8, 40, 0.95, 'shakespeare', seed => 1)")
-    assert len(text) > 0
