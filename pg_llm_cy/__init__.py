@@ -5,7 +5,7 @@
 import os as _os
 import sys as _sys
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 def _compiled(d):

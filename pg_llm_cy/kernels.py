@@ -32,6 +32,7 @@ from pg_llm_cy._kernels import (  # noqa: F401  (re-exported)
     zip_entries,
     adamw_step as adamw_step_inplace,
     all_finite,
+    checksum64,
     clip_by_norm,
     clip_scale,
     cpu_has_avx512,

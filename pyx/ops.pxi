@@ -101,6 +101,78 @@ cdef public double pgllm_sum_squares(const float *x, int64_t n) noexcept nogil:
     return total
 
 
+# ---------------------------------------------------------------------------
+# checksum64: the integrity check of the shared weight cache's files
+# ---------------------------------------------------------------------------
+# xxHash64's accumulation round on four lanes of 8-byte words, per 1 MB
+# block; the block sums are then folded in block order, so the result does
+# not depend on the thread count.  Not xxHash64 itself (no need to match it):
+# every round is a bijection of its lane, so any one changed word changes
+# the block's sum; the final mix is the RNG's (_mix64, common.pxi).
+cdef enum:
+    CHECKSUM_BLOCK = 1 << 20
+
+cdef extern from *:
+    """
+    #define PGLLM_XP1 UINT64_C(11400714785074694791)
+    #define PGLLM_XP2 UINT64_C(14029467366897019727)
+    #define PGLLM_XP3 UINT64_C(1609587929392839161)
+    """
+    const uint64_t _XP1 "PGLLM_XP1"
+    const uint64_t _XP2 "PGLLM_XP2"
+    const uint64_t _XP3 "PGLLM_XP3"
+
+cdef inline uint64_t _rotl64(uint64_t x, int r) noexcept nogil:
+    return (x << r) | (x >> (64 - r))
+
+
+cdef uint64_t _checksum_block(const uint8_t *p, int64_t n, uint64_t seed) noexcept nogil:
+    """The plain reference: one block, serial."""
+    cdef uint64_t acc[4]
+    cdef uint64_t w, h
+    cdef int64_t i = 0
+    cdef int l
+    for l in range(4):
+        acc[l] = seed + <uint64_t> (l + 1) * _XP1
+    while i + 32 <= n:
+        for l in range(4):
+            memcpy(&w, p + i + 8 * l, 8)
+            acc[l] = _rotl64(acc[l] + w * _XP2, 31) * _XP1
+        i = i + 32
+    h = _rotl64(acc[0], 1) + _rotl64(acc[1], 7) + _rotl64(acc[2], 12) + _rotl64(acc[3], 18)
+    while i < n:
+        h = _rotl64(h ^ (<uint64_t> p[i] * _XP3), 11) * _XP1
+        i = i + 1
+    return _mix64(h ^ <uint64_t> n)
+
+
+cdef public uint64_t pgllm_checksum64(const void *data, int64_t nbytes) noexcept nogil:
+    """A 64-bit checksum of nbytes at data.  Parallel over 1 MB blocks
+    (each thread sums whole blocks into its slot; the fold is serial)."""
+    cdef const uint8_t *p = <const uint8_t *> data
+    cdef int64_t nblocks = (nbytes + CHECKSUM_BLOCK - 1) // CHECKSUM_BLOCK
+    cdef uint64_t *partial
+    cdef uint64_t h = <uint64_t> nbytes * _XP3
+    cdef int64_t b
+    if nbytes <= 0:
+        return _mix64(h)
+    partial = <uint64_t *> malloc(nblocks * sizeof(uint64_t))
+    if partial == NULL:
+        for b in range(nblocks):
+            h = _rotl64(h ^ _checksum_block(p + b * CHECKSUM_BLOCK,
+                                            min(<int64_t> CHECKSUM_BLOCK, nbytes - b * CHECKSUM_BLOCK),
+                                            <uint64_t> b), 27) * _XP1
+        return _mix64(h)
+    for b in prange(nblocks, num_threads=_threads_for(nbytes // 4), schedule='static'):
+        partial[b] = _checksum_block(p + b * CHECKSUM_BLOCK,
+                                     min(<int64_t> CHECKSUM_BLOCK, nbytes - b * CHECKSUM_BLOCK),
+                                     <uint64_t> b)
+    for b in range(nblocks):
+        h = _rotl64(h ^ partial[b], 27) * _XP1
+    free(partial)
+    return _mix64(h)
+
+
 cdef public double pgllm_mean(const float *x, int64_t n) noexcept nogil:
     cdef double s = 0.0
     cdef int64_t i
@@ -759,6 +831,13 @@ def clip_by_norm(const float[::1] g, float[::1] out, float max_norm):
     if g.shape[0] == 0:
         return 0.0
     return pgllm_clip_by_norm(&g[0], &out[0], g.shape[0], max_norm)
+
+
+def checksum64(const uint8_t[::1] data):
+    """The checksum of the shared weight cache's files (pgllm_checksum64)."""
+    if data.shape[0] == 0:
+        return pgllm_checksum64(NULL, 0)
+    return pgllm_checksum64(&data[0], data.shape[0])
 
 
 def sum_squares(const float[::1] x):

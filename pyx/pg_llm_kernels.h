@@ -135,6 +135,9 @@ int		pgllm_adamw_step(float *w, const float *g, float *m, float *v, int64_t n,
 						 float lr, float beta1, float beta2, float eps,
 						 float weight_decay, int64_t step, float grad_scale);
 double	pgllm_sum_squares(const float *x, int64_t n);
+/* a 64-bit checksum of nbytes (the shared weight cache's files); the same
+ * for any thread count */
+uint64_t pgllm_checksum64(const void *data, int64_t nbytes);
 double	pgllm_mean(const float *x, int64_t n);
 /* the factor torch's clip_grad_norm_ scales g by: min(1, max_norm / (||g|| + 1e-6)),
  * 1 when max_norm <= 0 (clipping off); ||g|| goes to *norm */

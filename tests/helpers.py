@@ -1,5 +1,6 @@
 """Small helpers for SQL tests: float32 tensors to and from bytea, error
 checks, models, and a statement run in its own session (for cancellation)."""
+import contextlib
 import threading
 import time
 
@@ -123,3 +124,28 @@ def assert_usable(c):
                     (np.array([1, 2], np.float32).tobytes(),
                      np.array([3, 4], np.float32).tobytes())).fetchone()[0]
     assert out == [11.0]
+
+
+@contextlib.contextmanager
+def server_setting(dsn, name, value):
+    """A server-wide (SIGHUP) setting at value for the block: ALTER SYSTEM and
+    a reload, waited for until a new session sees it; reset afterwards."""
+    def apply(sql, want):
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("LOAD 'pg_llm'")     # (ALTER SYSTEM knows the setting: PostgreSQL 14)
+            c.execute(sql)
+            c.execute("SELECT pg_reload_conf()")
+        for _ in range(500):
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute("SELECT pg_llm_info()")       # the library defines the setting
+                setting, boot = c.execute("SELECT setting, boot_val FROM pg_settings WHERE name = %s",
+                                          (name,)).fetchone()
+                if setting == (boot if want is None else str(want)):
+                    return
+            time.sleep(0.02)
+        raise AssertionError(f"{name}: the reload was not seen")
+    apply(f"ALTER SYSTEM SET {name} = {value}", value)
+    try:
+        yield
+    finally:
+        apply(f"ALTER SYSTEM RESET {name}", None)

@@ -99,6 +99,7 @@ CALLS = {
         ([T(8), T(48), T(12), T(16), T(4), T(8), "2", "2", "4"], None),
     ("pg_llm_backend_stats", ()): ([], None),
     ("pg_llm_cache_stats", ()): ([], None),
+    ("pg_llm_cache_files", ()): ([], None),
     ("pg_llm_info", ()): ([], None),
     ("pg_llm_cross_entropy", ("bytea", "integer")): ([T(4), "1"], None),
     ("pg_llm_cross_entropy", ("bytea", "integer[]")): ([T(8), "'{1,2}'::int[]"], None),

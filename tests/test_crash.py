@@ -160,3 +160,34 @@ def test_kill_during_import(crash_cluster):
         c.execute("SELECT pg_llm_import_npz(%s, 'crash_imp')", (path,))
         assert {k: v[0] for k, v in params(c, "crash_imp").items()} == \
             {k: v[0] for k, v in params(c, "crash_src").items()}
+
+
+def test_kill_during_shared_cache_build(crash_cluster):
+    """kill -9 while a backend writes a model's shared cache file: nothing is
+    left under a name that is read, and the next call builds it whole."""
+    cache_dir = os.path.join(crash_cluster.data, "pgsql_tmp_pg_llm_cache")
+    # ~63 M parameters (250 MB): the build takes a while
+    shape = dict(n_layer=8, n_head=8, n_embd=768, n_positions=64, vocab=8000)
+    with connect(crash_cluster) as c:
+        create_model(c, "crash_cache", seed=4, **shape)
+        version = sql_value(c, "SELECT version FROM llm_model_config WHERE model = 'crash_cache'")
+
+    def building(w, pid):
+        return os.path.isdir(cache_dir) and any(".tmp" in f for f in os.listdir(cache_dir)) \
+            and time.sleep(0.2) is None
+
+    kill_backend_after(crash_cluster, "SELECT length(llm_logits('{1,2}', 'crash_cache'))", building)
+    left = os.listdir(cache_dir)
+    assert any(".tmp" in f for f in left), left             # the dead builder's temporary file
+    assert not [f for f in left if f.endswith(f".{version}.float32")], left
+    with connect(crash_cluster) as c:
+        assert sql_value(c, "SELECT count(*) FROM llm_cache WHERE model = 'crash_cache'") == 0
+        got = sql_value(c, "SELECT llm_logits('{1,2}', 'crash_cache')")
+        assert sql_value(c, "SELECT model_loads FROM pg_llm_backend_stats()") == 1
+        assert sql_value(c, "SELECT version FROM llm_cache WHERE model = 'crash_cache'") == version
+    assert not [f for f in os.listdir(cache_dir) if ".tmp" in f and ".ok" not in f]
+    with connect(crash_cluster) as c:                # a private copy agrees
+        c.execute("SELECT llm_drop_model('crash_cache')")
+        create_model(c, "crash_cache", seed=4, **shape)
+        assert sql_value(c, "SELECT llm_logits('{1,2}', 'crash_cache')") == got
+        c.execute("SELECT llm_drop_model('crash_cache')")

@@ -85,6 +85,47 @@ def test_results_do_not_depend_on_thread_count(name):
         assert np.array_equal(a, b), name
 
 
+def checksum64_reference(data: bytes) -> int:
+    """pgllm_checksum64 (pyx/ops.pxi) in plain Python."""
+    P1, P2, P3, M = 11400714785074694791, 14029467366897019727, 1609587929392839161, (1 << 64) - 1
+
+    def rotl(x, r):
+        return ((x << r) | (x >> (64 - r))) & M
+
+    def mix(z):      # splitmix64's finaliser
+        z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M
+        z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M
+        return z ^ (z >> 31)
+
+    def block(p, seed):
+        acc = [(seed + (lane + 1) * P1) & M for lane in range(4)]
+        words = np.frombuffer(p[:len(p) // 32 * 32], dtype="<u8").tolist()
+        for i in range(0, len(words), 4):
+            for lane in range(4):
+                acc[lane] = (rotl((acc[lane] + words[i + lane] * P2) & M, 31) * P1) & M
+        h = (rotl(acc[0], 1) + rotl(acc[1], 7) + rotl(acc[2], 12) + rotl(acc[3], 18)) & M
+        for byte in p[len(p) // 32 * 32:]:
+            h = (rotl(h ^ ((byte * P3) & M), 11) * P1) & M
+        return mix(h ^ len(p))
+
+    h = (len(data) * P3) & M
+    for b in range(0, len(data), 1 << 20):
+        h = (rotl(h ^ block(data[b:b + (1 << 20)], b >> 20), 27) * P1) & M
+    return mix(h)
+
+
+def test_checksum64_matches_its_reference_and_sees_one_bit():
+    data = np.random.default_rng(5).integers(0, 256, (1 << 20) + 45, dtype=np.uint8)
+    want = checksum64_reference(data.tobytes())
+    assert run_with_threads(1, lambda: K.checksum64(data)) == want
+    assert run_with_threads(2, lambda: K.checksum64(data)) == want
+    for at in (0, 7, 1 << 19, (1 << 20) + 44):
+        flipped = data.copy()
+        flipped[at] ^= 1
+        assert K.checksum64(flipped) != want, at
+    assert K.checksum64(data[:0]) == checksum64_reference(b"")
+
+
 def test_vectorised_exp_accuracy():
     x = np.linspace(-87.0, 88.0, 1_000_003, dtype=np.float32)
     got = K.vexp(x).astype(np.float64)

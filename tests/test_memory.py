@@ -6,7 +6,7 @@ run leaves nothing behind."""
 import psycopg
 import pytest
 
-from helpers import assert_sql_error, create_model, load_tokenizer, sql_value
+from helpers import assert_sql_error, create_model, load_tokenizer, server_setting, sql_value
 
 MB = "pg_llm.max_memory_mb"
 
@@ -89,14 +89,21 @@ def test_gradients(mem):
                       "array_fill(2, ARRAY[512]))", ())
 
 
-def test_model_cache(pg_dsn, mem):
-    with psycopg.connect(pg_dsn, autocommit=True) as c:     # nothing cached yet
-        c.execute("SET pg_llm.model_cache_mb = 50")        # the model is 153 MB
-        assert_sql_error(c, "SELECT llm_generate('Hi', 2, 0, 50, 1.0, 'mem', -1)", (), "54000",
-                         "more than pg_llm.model_cache_mb (50 MB)")
-        assert sql_value(c, "SELECT cache_mb FROM pg_llm_backend_stats()") == 0
-        c.execute("RESET pg_llm.model_cache_mb")
-        assert len(sql_value(c, "SELECT llm_generate('Hi', 2, 0, 50, 1.0, 'mem', -1)")) > 0
+def test_model_cache(pg_dsn, conn, mem):
+    create_model(conn, "mem_cache", n_layer=1, n_head=2, n_embd=256, n_positions=64)   # 53 MB
+    try:
+        with server_setting(pg_dsn, "pg_llm.model_cache_mb", 50):
+            with psycopg.connect(pg_dsn, autocommit=True) as c:
+                assert_sql_error(c, "SELECT llm_logits('{1}', 'mem_cache')", (), "54000",
+                                 "more than pg_llm.model_cache_mb (50 MB)")
+                assert sql_value(c, "SELECT cache_mb + shared_mb FROM pg_llm_backend_stats()") == 0
+        with psycopg.connect(pg_dsn, autocommit=True) as c:
+            assert len(sql_value(c, "SELECT llm_logits('{1}', 'mem_cache')")) == 4 * 50257
+            # the weights are mapped from the shared cache, not copied
+            assert sql_value(c, "SELECT cache_mb FROM pg_llm_backend_stats()") == 0
+            assert sql_value(c, "SELECT shared_mb FROM pg_llm_backend_stats()") > 50
+    finally:
+        conn.execute("SELECT llm_drop_model('mem_cache')")
 
 
 def test_counts_come_back(pg_dsn, mem):
@@ -113,9 +120,9 @@ def test_counts_come_back(pg_dsn, mem):
     mem.execute("SELECT llm_train_step('mem_train', '{1,2,3}', '{2,3,4}')")
     params_mb = sql_value(mem, "SELECT bytes / 1048576.0::float8 FROM llm_models WHERE model = 'mem_train'")
     assert 4 * params_mb <= working_mb(mem) < 4 * params_mb + 50
-    cache = sql_value(mem, "SELECT cache_mb FROM pg_llm_backend_stats()")
+    private, mapped = mem.execute("SELECT cache_mb, shared_mb FROM pg_llm_backend_stats()").fetchone()
     mem_mb = sql_value(mem, "SELECT bytes / 1048576.0::float8 FROM llm_models WHERE model = 'mem'")
-    assert abs(cache - mem_mb) < 5         # the generation model, cached
+    assert private == 0 and abs(mapped - mem_mb) < 5   # the generation model, from the shared cache
     mem.close()
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from helpers import assert_sql_error, create_model, model_params, sql_value
+from helpers import assert_sql_error, create_model, model_params, server_setting, sql_value
 from pg_llm_cy import kernels as K
 from pg_llm_cy.gpt2 import GPT2Config, flat_from_table, hf_shape, hf_transposed, num_params, param_names
 
@@ -131,12 +131,12 @@ def test_cache_hits_and_reload(pg_dsn, conn):
 
 def test_cache_bound(pg_dsn, conn):
     create_model(conn, "big_one", n_embd=256, vocab=5000, n_layer=1, n_head=4)
-    c = psycopg.connect(pg_dsn, autocommit=True)
-    c.execute("SET pg_llm.model_cache_mb = 1")
-    assert_sql_error(c, "SELECT llm_logits(array[1], 'big_one')", (), "54000", "pg_llm.model_cache_mb")
-    c.execute("RESET pg_llm.model_cache_mb")
-    assert c.execute("SELECT length(llm_logits(array[1], 'big_one'))").fetchone()[0] == 4 * 5000
-    c.close()
+    with server_setting(pg_dsn, "pg_llm.model_cache_mb", 1):
+        with psycopg.connect(pg_dsn, autocommit=True) as c:
+            assert_sql_error(c, "SELECT llm_logits(array[1], 'big_one')", (), "54000",
+                             "pg_llm.model_cache_mb")
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        assert c.execute("SELECT length(llm_logits(array[1], 'big_one'))").fetchone()[0] == 4 * 5000
 
 
 def test_logits_errors(conn):

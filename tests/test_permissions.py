@@ -108,7 +108,11 @@ def test_ordinary_role_may_not_touch_tables(roles, sql):
 def test_ordinary_role_may_not_raise_memory_limits(roles, guc):
     with roles("llm_user") as c:
         c.execute("SELECT pg_llm_info()")           # the library is loaded: a plain error
-        denied(c, f"SET {guc} = 100000", fragment="permission denied to set parameter")
+        if guc == "pg_llm.model_cache_mb":     # the shared cache's server-wide bound
+            with pytest.raises(psycopg.errors.CantChangeRuntimeParam):
+                c.execute(f"SET {guc} = 100000")
+        else:
+            denied(c, f"SET {guc} = 100000", fragment="permission denied to set parameter")
     with roles("llm_user") as c:
         # set before the library loads: PostgreSQL drops the value when it does
         c.execute(f"SET {guc} = 100000")

@@ -67,10 +67,15 @@ def pair(data_dir):
     try:
         with psycopg.connect(primary.dsn, autocommit=True) as c:
             trained_model(c, M, data_dir, steps=3, seed=5)
+            c.execute(f"SELECT llm_logits('{{1}}', '{M}')")         # its shared cache file
         # a base backup of the running primary, with -R: a standby of it
         standby._run([os.path.join(bindir, "pg_basebackup"), "-D", standby.data, "-h", primary.base,
                       "-p", str(primary.port), "-U", "postgres", "-R", "-X", "stream", "-c", "fast"],
                      check=True)
+        # the weight cache is not in the backup (pgsql_tmp*): the standby builds its own
+        cache = "pgsql_tmp_pg_llm_cache"
+        assert os.listdir(os.path.join(primary.data, cache))
+        assert not os.path.exists(os.path.join(standby.data, cache))
         standby.port = free_port()
         with open(os.path.join(standby.data, "postgresql.conf"), "a") as f:
             f.write(f"port = {standby.port}\nunix_socket_directories = '{standby.base}'\nhot_standby = on\n")
@@ -92,6 +97,8 @@ def test_standby_serves_the_read_path(pair):
             got = s.execute(q).fetchall()
             assert got == want, f"{name}: the standby answers {got!r:.200}, the primary {want!r:.200}"
         assert len(sql_value(s, READS["generate"])) > 0
+        assert s.execute("SELECT model, version FROM llm_cache").fetchall() == \
+            p.execute("SELECT model, version FROM llm_cache").fetchall()
 
 
 def test_standby_serves_the_new_version_once_replayed(pair):

@@ -149,9 +149,10 @@ def test_upgrade_equals_fresh_install_and_keeps_data(databases):
             == version_before
         # the updated objects work: the changed function and the model
         row = c.execute("SELECT * FROM pg_llm_backend_stats()").fetchone()
-        assert len(row) == 5
+        assert len(row) == 7
         logits = sql_value(c, "SELECT llm_logits(ARRAY[1,2,3], 'kept')")
         assert len(logits) == 3 * 64 * 4
+        assert c.execute("SELECT model FROM llm_cache").fetchall() == [("kept",)]
         c.execute("SELECT llm_drop_model('kept')")
     with psycopg.connect(databases["fresh"], autocommit=True) as c:
         c.execute("CREATE EXTENSION pg_llm")

@@ -2,9 +2,11 @@
  * model.c -- the per-backend cache of models' parameters, and the SQL
  * functions that create and drop models and report on the cache.
  *
- * The cache holds (model, version) -> parameters (read by params.c), bounded
- * by pg_llm.model_cache_mb, least recently used first out.  Versions come
- * from a sequence, so a rolled-back write can never alias a committed one.
+ * The cache holds (model, version) -> parameters: mapped from the server's
+ * shared cache file (shared_cache.c), or, when no file can be had, a
+ * private copy read by params.c, bounded by pg_llm.model_cache_mb, least
+ * recently used first out.  Versions come from a sequence, so a rolled-back
+ * write can never alias a committed one.
  */
 #include "pg_llm.h"
 
@@ -35,12 +37,26 @@ cache_bytes(void)
 	PgllmModel *e;
 
 	for (e = cache_head; e; e = e->next)
-		total += e->nfloats * (int64) sizeof(float);
+		if (e->shared.base == NULL)
+			total += e->nfloats * (int64) sizeof(float);
 	return total;
 }
 
+static int64
+mapped_bytes(void)
+{
+	int64		total = 0;
+	PgllmModel *e;
+
+	for (e = cache_head; e; e = e->next)
+		if (e->shared.base != NULL)
+			total += e->nfloats * (int64) sizeof(float);
+	return total;
+}
+
+/* outdated: a newer version of the model exists */
 static void
-cache_free(PgllmModel *victim)
+cache_free(PgllmModel *victim, bool outdated)
 {
 	PgllmModel **pp;
 
@@ -50,9 +66,27 @@ cache_free(PgllmModel *victim)
 			*pp = victim->next;
 			break;
 		}
-	pfree(victim->alloc);
+	if (victim->shared.base != NULL)
+		pgllm_shared_weights_unmap(&victim->shared, outdated);
+	else
+		pfree(victim->alloc);
 	pfree(victim->name);
 	pfree(victim);
+}
+
+/* drop this backend's unpinned copies of a model */
+static void
+forget_unpinned(const char *name)
+{
+	PgllmModel *e,
+			   *next;
+
+	for (e = cache_head; e; e = next)
+	{
+		next = e->next;
+		if (e->pins == 0 && strcmp(e->name, name) == 0)
+			cache_free(e, false);
+	}
 }
 
 /* unpin everything when a transaction ends: an ERROR skips the releases */
@@ -70,11 +104,12 @@ cache_xact_callback(XactEvent event, void *arg)
 		next = e->next;
 		e->pins = 0;
 		if (e->stale)
-			cache_free(e);
+			cache_free(e, true);
 	}
 }
 
-/* make room for `need` bytes, evicting unpinned models, oldest use first */
+/* make room for a private copy of `need` bytes, evicting unpinned private
+ * copies, oldest use first */
 static void
 cache_make_room(const char *name, int64 need)
 {
@@ -92,14 +127,15 @@ cache_make_room(const char *name, int64 need)
 				   *victim = NULL;
 
 		for (e = cache_head; e; e = e->next)
-			if (e->pins == 0 && (victim == NULL || e->last_used < victim->last_used))
+			if (e->pins == 0 && e->shared.base == NULL &&
+				(victim == NULL || e->last_used < victim->last_used))
 				victim = e;
 		if (victim == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("pg_llm.model_cache_mb (%d MB) cannot hold model \"%s\" besides the models in use",
 							pgllm_model_cache_mb, name)));
-		cache_free(victim);
+		cache_free(victim, false);
 	}
 }
 
@@ -134,7 +170,7 @@ pgllm_model_acquire(const char *name)
 		}
 		/* changed since it was cached */
 		if (e->pins == 0)
-			cache_free(e);
+			cache_free(e, true);
 		else
 			e->stale = true;
 		break;
@@ -146,42 +182,57 @@ pgllm_model_acquire(const char *name)
 				 errmsg("model \"%s\" has no parameters", name),
 				 errhint("Import them with pg_llm_import_npz or create them with llm_create_model.")));
 	nfloats = pgllm_gpt2_param_sizes(&cfg, sizes);
-	cache_make_room(name, nfloats * (int64) sizeof(float));
 	if (cache_ctx == NULL)
 		cache_ctx = AllocSetContextCreate(TopMemoryContext, "pg_llm model cache",
 										  ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cache_ctx);
 	e = palloc0(sizeof(PgllmModel));
 	e->name = pstrdup(name);
-	/* 2 MB aligned, so that transparent huge pages can back it */
-	raw = MemoryContextAllocHuge(cache_ctx, nfloats * sizeof(float) + 2 * 1024 * 1024);
+	e->shared.fd = -1;
 	MemoryContextSwitchTo(old);
-	e->alloc = raw;
-	e->params = (float *) TYPEALIGN(2 * 1024 * 1024, raw);
-#ifdef MADV_HUGEPAGE
-	(void) madvise(e->params, TYPEALIGN_DOWN(2 * 1024 * 1024, nfloats * sizeof(float)),
-				   MADV_HUGEPAGE);
-#endif
 	e->nfloats = nfloats;
 	e->cfg = cfg;
 	e->version = version;
 	PG_TRY();
 	{
-		if (!pgllm_params_read(name, &cfg, "data", e->params))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("model \"%s\" has no parameters", name),
-					 errhint("Import them with pg_llm_import_npz or create them with llm_create_model.")));
+		if (pgllm_shared_weights_map(name, &cfg, version, nfloats, &e->shared))
+		{
+			e->params = e->shared.params;
+			pgllm_stats.model_maps++;
+		}
+		else
+		{
+			float	   *params;
+
+			cache_make_room(name, nfloats * (int64) sizeof(float));
+			/* 2 MB aligned, so that transparent huge pages can back it */
+			raw = MemoryContextAllocHuge(cache_ctx, nfloats * sizeof(float) + 2 * 1024 * 1024);
+			e->alloc = raw;
+			params = (float *) TYPEALIGN(2 * 1024 * 1024, raw);
+#ifdef MADV_HUGEPAGE
+			(void) madvise(params, TYPEALIGN_DOWN(2 * 1024 * 1024, nfloats * sizeof(float)),
+						   MADV_HUGEPAGE);
+#endif
+			if (!pgllm_params_read(name, &cfg, "data", params))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("model \"%s\" has no parameters", name),
+						 errhint("Import them with pg_llm_import_npz or create them with llm_create_model.")));
+			e->params = params;
+			pgllm_stats.model_loads++;
+		}
 	}
 	PG_CATCH();
 	{
-		pfree(e->alloc);
+		if (e->shared.base != NULL)
+			pgllm_shared_weights_unmap(&e->shared, false);
+		if (e->alloc)
+			pfree(e->alloc);
 		pfree(e->name);
 		pfree(e);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	pgllm_stats.model_loads++;
 	e->pins = 1;
 	e->last_used = ++cache_clock;
 	e->next = cache_head;
@@ -195,7 +246,7 @@ pgllm_model_release(PgllmModel *m)
 	if (m->pins > 0)
 		m->pins--;
 	if (m->pins == 0 && m->stale)
-		cache_free(m);
+		cache_free(m, true);
 }
 
 /* ---------------------------------------------------------------------------
@@ -277,6 +328,10 @@ pg_llm_drop_model(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" does not exist", name)));
 	pgllm_spi_end(spi);
+	/* its cache files go now (a rollback only costs a rebuild); this
+	 * backend's mapping first, so that its lock does not keep one */
+	forget_unpinned(name);
+	pgllm_shared_weights_forget(name);
 	PG_RETURN_VOID();
 }
 
@@ -304,14 +359,16 @@ pg_llm_cache_stats(PG_FUNCTION_ARGS)
 }
 
 /* pg_llm_backend_stats() -> (tokens_sampled, model_loads, cache_hits,
- * cache_mb, working_mb) of this backend */
+ * cache_mb, working_mb, shared_mb, model_maps) of this backend: cache_mb is
+ * the private copies, shared_mb the mapped cache files (0.3.0's definition
+ * has the first five) */
 PG_FUNCTION_INFO_V1(pg_llm_backend_stats);
 Datum
 pg_llm_backend_stats(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[5];
-	bool		nulls[5] = {false, false, false, false, false};
+	Datum		values[7];
+	bool		nulls[7] = {false, false, false, false, false, false, false};
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -320,5 +377,9 @@ pg_llm_backend_stats(PG_FUNCTION_ARGS)
 	values[2] = Int64GetDatum(pgllm_stats.cache_hits);
 	values[3] = Float8GetDatum((double) cache_bytes() / (1024.0 * 1024.0));
 	values[4] = Float8GetDatum((double) pgllm_memory_in_use() / (1024.0 * 1024.0));
+	values[5] = Float8GetDatum((double) mapped_bytes() / (1024.0 * 1024.0));
+	values[6] = Int64GetDatum(pgllm_stats.model_maps);
+	if (tupdesc->natts != 5 && tupdesc->natts != 7)
+		elog(ERROR, "pg_llm_backend_stats: unexpected result type");
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }

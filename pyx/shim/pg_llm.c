@@ -31,7 +31,7 @@ void		_PG_init(void);
 
 int			pgllm_num_threads = 0;
 char	   *pgllm_default_model = NULL;
-int			pgllm_model_cache_mb = 2048;
+int			pgllm_model_cache_mb = 8192;
 int			pgllm_max_memory_mb = 8192;
 
 const int  *pgllm_cancel = NULL;
@@ -83,10 +83,12 @@ _PG_init(void)
 							   "Model used when a function is given none.",
 							   NULL, &pgllm_default_model, "gpt2-small",
 							   PGC_USERSET, 0, NULL, NULL, NULL);
+	/* 8 GB: gpt2-xl (5.9 GB) and a smaller model fit, shared by every backend */
 	DefineCustomIntVariable("pg_llm.model_cache_mb",
-							"Per-backend bound of the cache of model parameters.",
-							NULL, &pgllm_model_cache_mb, 2048, 0, INT_MAX / 2,
-							PGC_SUSET, GUC_UNIT_MB, NULL, NULL, NULL);
+							"Server-wide bound of the shared cache of model weights (files in the data directory).",
+							"A backend that cannot use the shared cache keeps a private copy, under the same bound.",
+							&pgllm_model_cache_mb, 8192, 0, INT_MAX / 2,
+							PGC_SIGHUP, GUC_UNIT_MB, NULL, NULL, NULL);
 	DefineCustomIntVariable("pg_llm.max_memory_mb",
 							"Largest memory pg_llm buffers may take in a backend at once (activations, KV caches, training state), besides the model cache.",
 							NULL, &pgllm_max_memory_mb, 8192, 1, INT_MAX / 2,

@@ -148,14 +148,38 @@ extern int64 pgllm_memory_in_use(void);
 
 /* A model's parameters cached in this backend: one aligned buffer in the
  * kernels' layout, keyed by (name, version).  Pinned while in use. */
+/* ---- the shared weight cache (shared_cache.c) ---- */
+
+/* a model's weights mapped from its cache file, with a shared lock held */
+typedef struct PgllmSharedWeights
+{
+	void	   *base;			/* the mapping (NULL: none) */
+	size_t		len;
+	int			fd;				/* holds the shared flock */
+	const float *params;
+	char		path[MAXPGPATH];
+} PgllmSharedWeights;
+
+/* map (this database, model, version) from its cache file, built from the
+ * table when missing or invalid; false, after a WARNING, when no file can
+ * be had (the caller keeps a private copy) */
+extern bool pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg,
+									 int64 version, int64 nfloats, PgllmSharedWeights *out);
+/* unmap; outdated: a newer version exists, so remove the file if nobody
+ * else maps it */
+extern void pgllm_shared_weights_unmap(PgllmSharedWeights *w, bool outdated);
+/* remove the model's files in this database that nobody maps (llm_drop_model) */
+extern void pgllm_shared_weights_forget(const char *model);
+
 typedef struct PgllmModel
 {
 	char	   *name;
 	int64		version;
 	PgllmGPT2Config cfg;
-	float	   *params;			/* pgllm_gpt2_param_sizes() floats */
+	const float *params;		/* pgllm_gpt2_param_sizes() floats */
 	int64		nfloats;
-	void	   *alloc;			/* what to free */
+	PgllmSharedWeights shared;	/* shared.base != NULL: params are mapped */
+	void	   *alloc;			/* else the private copy, to free */
 	int			pins;
 	bool		stale;			/* a newer version exists: free when unpinned */
 	uint64		last_used;
@@ -311,6 +335,7 @@ typedef struct PgllmStats
 	int64		tokens_sampled;	/* tokens produced by generation */
 	int64		model_loads;	/* models read from the tables */
 	int64		cache_hits;		/* model requests served from the cache */
+	int64		model_maps;		/* model versions mapped from the shared cache */
 } PgllmStats;
 
 extern PgllmStats pgllm_stats;

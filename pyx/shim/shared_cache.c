@@ -1,0 +1,791 @@
+/*
+ * shared_cache.c -- one copy of each model's weights per server: a cache
+ * file per (database, model, version, format) under the data directory,
+ * mapped read-only and MAP_SHARED by every backend, so that the page cache
+ * holds the one copy.  It needs neither shared_preload_libraries nor
+ * POSIX shared memory (Docker's /dev/shm is 64 MB).  ARCHITECTURE.md has the
+ * decision and its reasons.
+ *
+ * The table stays the truth; a file is only ever a copy of it:
+ *  - a file is written under a temporary name, checksummed, fsynced (when
+ *    fsync is on) and renamed, so a crash or kill -9 mid-build leaves no
+ *    file under a name that is read (builds are serialized by build.lock, so
+ *    a temporary file found by a builder is a dead builder's and removed);
+ *  - its header names the server (system identifier), the database, the
+ *    model, the version and the size, and has its own CRC; a mismatch of
+ *    any of them, or a data checksum that fails, makes it rebuilt;
+ *  - the data checksum is verified once per change of the file: a stamp
+ *    file (.ok) records the inode, size and ctime it was verified at, and a
+ *    file whose stamp does not match them (written to, replaced) is hashed
+ *    again before use;
+ *  - a backend holds a shared flock on every file it maps; a file is
+ *    removed only by whoever takes the exclusive lock, so never while
+ *    mapped.  Locks go with their process, even under kill -9.
+ * Space is bounded server-wide by pg_llm.model_cache_mb: files nobody maps
+ * are removed oldest first to make room.  When a file cannot be written
+ * (disk full, read-only directory) the backend keeps a private copy, as
+ * before, with a WARNING.
+ */
+#include "pg_llm.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "port/pg_crc32c.h"
+#include "storage/fd.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#define CACHE_DIR_NAME	"pgsql_tmp_pg_llm_cache"	/* pgsql_tmp*: base backups skip it */
+#define CACHE_MAGIC		"pg_llm weights\n"
+#define CACHE_LAYOUT	1
+#define CACHE_DATA_OFFSET 4096		/* the header's page; the floats start page-aligned */
+#define CACHE_FORMAT	"float32"
+
+typedef struct PgllmCacheHeader
+{
+	char		magic[16];
+	uint32		layout;
+	pg_crc32c	header_crc;		/* of the header with this field zero */
+	uint64		system_identifier;
+	Oid			database;
+	int32		name_len;
+	int64		version;
+	int64		nfloats;
+	int64		data_offset;
+	uint64		data_checksum;	/* pgllm_checksum64 of the floats */
+	int64		built_at;		/* TimestampTz */
+	char		format[16];
+	char		model[1024];	/* 200 characters of UTF-8 fit */
+} PgllmCacheHeader;
+
+StaticAssertDecl(sizeof(PgllmCacheHeader) <= CACHE_DATA_OFFSET, "the header fits its page");
+
+typedef enum
+{
+	OPEN_OK,
+	OPEN_MISSING,
+	OPEN_INVALID
+} OpenResult;
+
+/* ---------------------------------------------------------------------------
+ * names
+ * ------------------------------------------------------------------------- */
+static const char *
+cache_dir(void)
+{
+	static char *dir = NULL;
+
+	if (dir == NULL)
+		dir = MemoryContextStrdup(TopMemoryContext, psprintf("%s/%s", DataDir, CACHE_DIR_NAME));
+	return dir;
+}
+
+static uint64
+model_hash(const char *model)
+{
+	return hash_bytes_extended((const unsigned char *) model, strlen(model), 0);
+}
+
+/* <database oid>.<model hash>.<version>.float32 */
+static char *
+cache_file_name(Oid database, const char *model, int64 version)
+{
+	return psprintf("%u.%016llx.%lld." CACHE_FORMAT, database,
+					(unsigned long long) model_hash(model), (long long) version);
+}
+
+static bool
+parse_cache_file_name(const char *name, Oid *database, uint64 *hash, int64 *version)
+{
+	unsigned int db;
+	unsigned long long h;
+	long long	v;
+	int			end = 0;
+
+	if (sscanf(name, "%u.%16llx.%lld.float32%n", &db, &h, &v, &end) != 3 || name[end] != '\0')
+		return false;
+	*database = db;
+	*hash = h;
+	*version = v;
+	return true;
+}
+
+/* the directory, made on first use; false (with a WARNING) if it can't be */
+static bool
+cache_dir_ready(void)
+{
+	if (mkdir(cache_dir(), S_IRWXU) != 0 && errno != EEXIST)
+	{
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("pg_llm: could not create the shared weight cache directory \"%s\": %m",
+						cache_dir()),
+				 errdetail("This backend keeps its own copy of the model's weights.")));
+		return false;
+	}
+	return true;
+}
+
+/* ---------------------------------------------------------------------------
+ * the header
+ * ------------------------------------------------------------------------- */
+static pg_crc32c
+header_crc(const PgllmCacheHeader *h)
+{
+	PgllmCacheHeader copy = *h;
+	pg_crc32c	crc;
+
+	copy.header_crc = 0;
+	INIT_CRC32C(crc);
+	COMP_CRC32C(crc, &copy, sizeof(copy));
+	FIN_CRC32C(crc);
+	return crc;
+}
+
+static void
+header_fill(PgllmCacheHeader *h, const char *model, int64 version, int64 nfloats)
+{
+	memset(h, 0, sizeof(*h));
+	memcpy(h->magic, CACHE_MAGIC, sizeof(CACHE_MAGIC) - 1);
+	h->layout = CACHE_LAYOUT;
+	h->system_identifier = GetSystemIdentifier();
+	h->database = MyDatabaseId;
+	h->name_len = (int32) strlen(model);
+	h->version = version;
+	h->nfloats = nfloats;
+	h->data_offset = CACHE_DATA_OFFSET;
+	h->built_at = GetCurrentTimestamp();
+	strlcpy(h->format, CACHE_FORMAT, sizeof(h->format));
+	memcpy(h->model, model, Min((size_t) h->name_len, sizeof(h->model) - 1));
+}
+
+/* the header is whole, this server's, and of what we want (model NULL: any) */
+static bool
+header_valid(const PgllmCacheHeader *h, off_t file_size, const char *model, int64 version,
+			 int64 nfloats)
+{
+	if (memcmp(h->magic, CACHE_MAGIC, sizeof(CACHE_MAGIC) - 1) != 0 ||
+		h->layout != CACHE_LAYOUT || h->header_crc != header_crc(h) ||
+		h->system_identifier != GetSystemIdentifier() ||
+		h->data_offset != CACHE_DATA_OFFSET || h->nfloats <= 0 ||
+		h->name_len < 0 || h->name_len >= (int32) sizeof(h->model) ||
+		h->model[h->name_len] != '\0' ||
+		strcmp(h->format, CACHE_FORMAT) != 0 ||
+		file_size != h->data_offset + h->nfloats * (off_t) sizeof(float))
+		return false;
+	if (model == NULL)
+		return true;
+	return h->database == MyDatabaseId && strcmp(h->model, model) == 0 &&
+		h->version == version && h->nfloats == nfloats;
+}
+
+static bool
+header_read(int fd, PgllmCacheHeader *h)
+{
+	return pg_pread(fd, h, sizeof(*h), 0) == (ssize_t) sizeof(*h);
+}
+
+/* ---------------------------------------------------------------------------
+ * the verification stamp: <file>.ok holds "inode size ctime" of the file
+ * as it was when its data checksum last matched
+ * ------------------------------------------------------------------------- */
+static char *
+stamp_text(const struct stat *st)
+{
+	return psprintf("%llu %lld %lld.%09ld\n", (unsigned long long) st->st_ino,
+					(long long) st->st_size, (long long) st->st_ctim.tv_sec,
+					(long) st->st_ctim.tv_nsec);
+}
+
+static bool
+stamp_matches(const char *path, const struct stat *st)
+{
+	char	   *stamp = psprintf("%s.ok", path);
+	char	   *want = stamp_text(st);
+	char		buf[128];
+	int			fd = open(stamp, O_RDONLY | O_CLOEXEC);
+	ssize_t		n;
+
+	if (fd < 0)
+		return false;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return false;
+	buf[n] = '\0';
+	return strcmp(buf, want) == 0;
+}
+
+/* written under a temporary name and renamed; a failure only costs a
+ * verification next time */
+static void
+stamp_write(const char *path, const struct stat *st)
+{
+	char	   *stamp = psprintf("%s.ok", path);
+	char	   *tmp = psprintf("%s.ok.tmp%d", path, MyProcPid);
+	char	   *text = stamp_text(st);
+	int			fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, S_IRUSR | S_IWUSR);
+	bool		ok;
+
+	if (fd < 0)
+		return;
+	ok = write(fd, text, strlen(text)) == (ssize_t) strlen(text);
+	close(fd);
+	if (!ok || rename(tmp, stamp) != 0)
+		unlink(tmp);
+}
+
+/* ---------------------------------------------------------------------------
+ * opening and mapping
+ * ------------------------------------------------------------------------- */
+static OpenResult
+open_valid(const char *path, const char *model, int64 version, int64 nfloats,
+		   PgllmSharedWeights *out)
+{
+	int			fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st,
+				now;
+	PgllmCacheHeader h;
+	void	   *base;
+
+	if (fd < 0)
+		return OPEN_MISSING;
+	/* an exclusive holder is removing it; a file replaced meanwhile is not ours */
+	if (flock(fd, LOCK_SH | LOCK_NB) != 0 || fstat(fd, &st) != 0 ||
+		stat(path, &now) != 0 || now.st_ino != st.st_ino)
+	{
+		close(fd);
+		return OPEN_MISSING;
+	}
+	if (!header_read(fd, &h) || !header_valid(&h, st.st_size, model, version, nfloats))
+	{
+		close(fd);
+		return OPEN_INVALID;
+	}
+	base = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	if (base == MAP_FAILED)
+	{
+		int			save = errno;
+
+		close(fd);
+		errno = save;
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("pg_llm: could not map the shared weight cache file \"%s\": %m", path)));
+	}
+	if (!stamp_matches(path, &st))
+	{
+		if (pgllm_checksum64((const char *) base + h.data_offset,
+							 h.nfloats * (int64) sizeof(float)) != h.data_checksum)
+		{
+			munmap(base, st.st_size);
+			close(fd);
+			return OPEN_INVALID;
+		}
+		stamp_write(path, &st);
+	}
+	out->base = base;
+	out->len = st.st_size;
+	out->fd = fd;
+	strlcpy(out->path, path, sizeof(out->path));
+	out->params = (const float *) ((const char *) base + h.data_offset);
+	return OPEN_OK;
+}
+
+static bool remove_if_unmapped(const char *path);
+
+void
+pgllm_shared_weights_unmap(PgllmSharedWeights *w, bool outdated)
+{
+	if (w->base != NULL)
+		munmap(w->base, w->len);
+	if (w->fd >= 0)
+		close(w->fd);			/* and with it the shared lock */
+	w->base = NULL;
+	w->fd = -1;
+	/* a newer version exists: the last backend to leave this one removes it */
+	if (outdated && w->path[0] != '\0')
+		remove_if_unmapped(w->path);
+}
+
+/* ---------------------------------------------------------------------------
+ * removal: only under the exclusive lock, so never a file someone maps
+ * ------------------------------------------------------------------------- */
+static bool
+remove_if_unmapped(const char *path)
+{
+	int			fd = open(path, O_RDONLY | O_CLOEXEC);
+	bool		removed = false;
+
+	if (fd < 0)
+		return errno == ENOENT;
+	if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+	{
+		char	   *stamp = psprintf("%s.ok", path);
+
+		removed = unlink(path) == 0;
+		unlink(stamp);
+		pfree(stamp);
+	}
+	close(fd);
+	return removed;
+}
+
+typedef struct CacheFile
+{
+	char	   *path;
+	Oid			database;
+	uint64		hash;
+	int64		version;
+	off_t		size;
+	time_t		mtime;
+} CacheFile;
+
+/* the cache files in the directory (temporary and stamp files aside) */
+static List *
+list_cache_files(void)
+{
+	DIR		   *dir = AllocateDir(cache_dir());
+	struct dirent *de;
+	List	   *files = NIL;
+
+	if (dir == NULL)
+		return NIL;
+	while ((de = ReadDir(dir, cache_dir())) != NULL)
+	{
+		CacheFile  *f;
+		struct stat st;
+		Oid			database;
+		uint64		hash;
+		int64		version;
+		char	   *path;
+
+		if (!parse_cache_file_name(de->d_name, &database, &hash, &version))
+			continue;
+		path = psprintf("%s/%s", cache_dir(), de->d_name);
+		if (stat(path, &st) != 0)
+			continue;
+		f = palloc(sizeof(CacheFile));
+		f->path = path;
+		f->database = database;
+		f->hash = hash;
+		f->version = version;
+		f->size = st.st_size;
+		f->mtime = st.st_mtime;
+		files = lappend(files, f);
+	}
+	FreeDir(dir);
+	return files;
+}
+
+/* under build.lock: temporary files (a dead builder's: builds are serialized) */
+static void
+remove_dead_builds(void)
+{
+	DIR		   *dir = AllocateDir(cache_dir());
+	struct dirent *de;
+
+	if (dir == NULL)
+		return;
+	while ((de = ReadDir(dir, cache_dir())) != NULL)
+		if (strstr(de->d_name, ".tmp") != NULL && strstr(de->d_name, ".ok.tmp") == NULL)
+			unlink(psprintf("%s/%s", cache_dir(), de->d_name));
+	FreeDir(dir);
+}
+
+static int
+oldest_first(const ListCell *a, const ListCell *b)
+{
+	const CacheFile *fa = lfirst(a);
+	const CacheFile *fb = lfirst(b);
+
+	return (fa->mtime > fb->mtime) - (fa->mtime < fb->mtime);
+}
+
+/*
+ * Under build.lock, before building `model` at `version` (need bytes):
+ * other versions of the model in this database go, and then the oldest
+ * files nobody maps until the new one fits pg_llm.model_cache_mb.
+ */
+static void
+make_room(const char *model, int64 version, int64 need)
+{
+	int64		limit = (int64) pgllm_model_cache_mb * 1024 * 1024;
+	uint64		hash = model_hash(model);
+	List	   *files;
+	ListCell   *lc;
+	int64		total = 0,
+				in_use = 0;
+
+	if (need > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("model \"%s\" needs %lld MB, more than pg_llm.model_cache_mb (%d MB)",
+						model, (long long) (need >> 20), pgllm_model_cache_mb),
+				 errhint("Raise pg_llm.model_cache_mb to %lld or more (ALTER SYSTEM, then pg_reload_conf()).",
+						 (long long) (need >> 20) + 1)));
+	remove_dead_builds();
+	files = list_cache_files();
+	foreach(lc, files)
+	{
+		CacheFile  *f = lfirst(lc);
+
+		if (f->database == MyDatabaseId && f->hash == hash && f->version != version &&
+			remove_if_unmapped(f->path))
+			f->size = 0;
+		total += f->size;
+	}
+	list_sort(files, oldest_first);
+	foreach(lc, files)
+	{
+		CacheFile  *f = lfirst(lc);
+
+		if (total + need <= limit)
+			break;
+		if (f->size > 0 && remove_if_unmapped(f->path))
+			total -= f->size;
+		else
+			in_use += f->size;
+	}
+	if (total + need > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("pg_llm.model_cache_mb (%d MB) cannot hold model \"%s\" (%lld MB) besides the cached models in use (%lld MB)",
+						pgllm_model_cache_mb, model, (long long) (need >> 20),
+						(long long) (in_use >> 20)),
+				 errhint("Raise pg_llm.model_cache_mb, or end the sessions that hold other models (see the llm_cache view).")));
+}
+
+void
+pgllm_shared_weights_forget(const char *model)
+{
+	uint64		hash = model_hash(model);
+	ListCell   *lc;
+
+	foreach(lc, list_cache_files())
+	{
+		CacheFile  *f = lfirst(lc);
+
+		if (f->database == MyDatabaseId && f->hash == hash)
+			remove_if_unmapped(f->path);
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * building
+ * ------------------------------------------------------------------------- */
+static int	build_lock_fd = -1;
+
+static void
+build_lock_release(void)
+{
+	if (build_lock_fd >= 0)
+		close(build_lock_fd);
+	build_lock_fd = -1;
+}
+
+/* build.lock, exclusive; waits interruptibly */
+static void
+build_lock_acquire(void)
+{
+	char	   *path = psprintf("%s/build.lock", cache_dir());
+
+	build_lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, S_IRUSR | S_IWUSR);
+	if (build_lock_fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("pg_llm: could not open \"%s\": %m", path)));
+	while (flock(build_lock_fd, LOCK_EX | LOCK_NB) != 0)
+	{
+		if (errno != EWOULDBLOCK && errno != EINTR)
+		{
+			int			save = errno;
+
+			build_lock_release();
+			errno = save;
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("pg_llm: could not lock \"%s\": %m", path)));
+		}
+		PG_TRY();
+		{
+			CHECK_FOR_INTERRUPTS();
+		}
+		PG_CATCH();
+		{
+			build_lock_release();
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		pg_usleep(10 * 1000L);
+	}
+}
+
+static void
+fsync_or_error(int fd, const char *path)
+{
+	if (enableFsync && pg_fsync(fd) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("pg_llm: could not fsync \"%s\": %m", path)));
+}
+
+/* write the file from the table; false (with a WARNING) if there is no room */
+static bool
+build(const char *path, const char *model, const PgllmGPT2Config *cfg, int64 version,
+	  int64 nfloats)
+{
+	char	   *tmp = psprintf("%s.tmp%d", path, MyProcPid);
+	off_t		size = CACHE_DATA_OFFSET + nfloats * (off_t) sizeof(float);
+	PgllmCacheHeader h;
+	int			fd,
+				rc;
+	char	   *volatile base = NULL;
+
+	fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, S_IRUSR | S_IWUSR);
+	if (fd < 0)
+	{
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("pg_llm: could not create the shared weight cache file \"%s\": %m", tmp),
+				 errdetail("This backend keeps its own copy of model \"%s\".", model)));
+		return false;
+	}
+	/* reserve every block now: a full disk is an error here, not a SIGBUS later */
+	rc = posix_fallocate(fd, 0, size);
+	if (rc != 0)
+	{
+		close(fd);
+		unlink(tmp);
+		errno = rc;
+		ereport(WARNING,
+				(errcode(rc == ENOSPC ? ERRCODE_DISK_FULL : ERRCODE_IO_ERROR),
+				 errmsg("pg_llm: could not write the shared weight cache file of model \"%s\" (%lld MB): %m",
+						model, (long long) (size >> 20)),
+				 errdetail("This backend keeps its own copy of the model's weights."),
+				 errhint("Free space in \"%s\".", cache_dir())));
+		return false;
+	}
+	PG_TRY();
+	{
+		base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (base == MAP_FAILED)
+		{
+			base = NULL;
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("pg_llm: could not map \"%s\": %m", tmp)));
+		}
+		if (!pgllm_params_read(model, cfg, "data", (float *) (base + CACHE_DATA_OFFSET)))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("model \"%s\" has no parameters", model)));
+		header_fill(&h, model, version, nfloats);
+		h.data_checksum = pgllm_checksum64(base + CACHE_DATA_OFFSET, nfloats * (int64) sizeof(float));
+		h.header_crc = header_crc(&h);
+		memcpy(base, &h, sizeof(h));
+		munmap(base, size);
+		base = NULL;
+		fsync_or_error(fd, tmp);
+		if (rename(tmp, path) != 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("pg_llm: could not rename \"%s\" to \"%s\": %m", tmp, path)));
+		if (enableFsync)
+			fsync_fname(cache_dir(), true);
+	}
+	PG_CATCH();
+	{
+		if (base != NULL)
+			munmap(base, size);
+		close(fd);
+		unlink(tmp);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	{
+		struct stat st;
+
+		/* what was just hashed from memory needs no second pass */
+		if (fstat(fd, &st) == 0)
+			stamp_write(path, &st);
+	}
+	close(fd);
+	return true;
+}
+
+/*
+ * Map this database's model at version: from its cache file, building the
+ * file from the table when it is missing or invalid.  False when no file
+ * can be had (a WARNING said why): the caller keeps a private copy.
+ */
+bool
+pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, int64 version,
+						 int64 nfloats, PgllmSharedWeights *out)
+{
+	char	   *path;
+	int			attempt;
+
+	out->base = NULL;
+	out->len = 0;
+	out->fd = -1;
+	out->path[0] = '\0';
+	if (!cache_dir_ready())
+		return false;
+	path = psprintf("%s/%s", cache_dir(), cache_file_name(MyDatabaseId, model, version));
+	for (attempt = 0; attempt < 3; attempt++)
+	{
+		volatile OpenResult r = open_valid(path, model, version, nfloats, out);
+		volatile bool built = false;
+
+		if (r == OPEN_OK)
+			return true;
+		build_lock_acquire();
+		PG_TRY();
+		{
+			/* another backend may have built it while we waited */
+			r = open_valid(path, model, version, nfloats, out);
+			if (r != OPEN_OK)
+			{
+				if (r == OPEN_INVALID)
+				{
+					char	   *stamp = psprintf("%s.ok", path);
+
+					/* (anyone still mapping the old inode keeps it) */
+					unlink(path);
+					unlink(stamp);
+				}
+				make_room(model, version, nfloats * (int64) sizeof(float) + CACHE_DATA_OFFSET);
+				built = build(path, model, cfg, version, nfloats);
+			}
+		}
+		PG_FINALLY();
+		{
+			build_lock_release();
+		}
+		PG_END_TRY();
+		if (r == OPEN_OK)
+			return true;
+		if (!built)
+			return false;
+		pgllm_stats.model_loads++;
+	}
+	ereport(WARNING,
+			(errmsg("pg_llm: the shared weight cache file of model \"%s\" was replaced while it was being opened",
+					model),
+			 errdetail("This backend keeps its own copy of the model's weights.")));
+	return false;
+}
+
+/* ---------------------------------------------------------------------------
+ * SQL: pg_llm_cache_files(), behind the llm_cache view
+ * ------------------------------------------------------------------------- */
+
+/* inode -> pids holding a shared flock, from /proc/locks (Linux); NULL elsewhere */
+typedef struct LockHolder
+{
+	uint64		inode;
+	int			pid;
+} LockHolder;
+
+static List *
+flock_holders(bool *known)
+{
+	FILE	   *f = AllocateFile("/proc/locks", "r");
+	char		line[256];
+	List	   *holders = NIL;
+
+	*known = f != NULL;
+	if (f == NULL)
+		return NIL;
+	while (fgets(line, sizeof(line), f))
+	{
+		char		type[16],
+					kind[16],
+					mode[16];
+		int			pid;
+		unsigned int major,
+					minor;
+		unsigned long long inode;
+		char	   *p = strchr(line, ':');
+		LockHolder *h;
+
+		if (p == NULL || strstr(line, "->") != NULL)	/* waiters */
+			continue;
+		if (sscanf(p + 1, "%15s %15s %15s %d %x:%x:%llu", type, kind, mode, &pid, &major, &minor,
+				   &inode) != 7 || strcmp(type, "FLOCK") != 0 || strcmp(mode, "READ") != 0)
+			continue;
+		h = palloc(sizeof(LockHolder));
+		h->inode = inode;
+		h->pid = pid;
+		holders = lappend(holders, h);
+	}
+	FreeFile(f);
+	return holders;
+}
+
+/* pg_llm_cache_files() -> SETOF (model, version, format, mb, built_at, backends int[])
+ * of this database */
+PG_FUNCTION_INFO_V1(pg_llm_cache_files);
+Datum
+pg_llm_cache_files(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = pgllm_materialized_srf(fcinfo);
+	bool		known;
+	List	   *holders = flock_holders(&known);
+	ListCell   *lc;
+
+	foreach(lc, list_cache_files())
+	{
+		CacheFile  *f = lfirst(lc);
+		PgllmCacheHeader h;
+		struct stat st;
+		int			fd;
+		bool		ok;
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+		Datum	   *pids;
+		int			npids = 0;
+		ListCell   *hc;
+
+		if (f->database != MyDatabaseId)
+			continue;
+		fd = open(f->path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ok = fstat(fd, &st) == 0 && header_read(fd, &h) &&
+			header_valid(&h, st.st_size, NULL, 0, 0) && h.database == MyDatabaseId;
+		close(fd);
+		if (!ok)
+			continue;
+		values[0] = CStringGetTextDatum(h.model);
+		values[1] = Int64GetDatum(h.version);
+		values[2] = CStringGetTextDatum(h.format);
+		values[3] = Float8GetDatum((double) st.st_size / (1024.0 * 1024.0));
+		values[4] = TimestampTzGetDatum((TimestampTz) h.built_at);
+		pids = palloc(sizeof(Datum) * (list_length(holders) + 1));
+		foreach(hc, holders)
+		{
+			LockHolder *lh = lfirst(hc);
+
+			if (lh->inode == (uint64) st.st_ino)
+				pids[npids++] = Int32GetDatum(lh->pid);
+		}
+		if (known)
+			values[5] = PointerGetDatum(construct_array(pids, npids, INT4OID, sizeof(int32), true,
+														TYPALIGN_INT));
+		else
+			nulls[5] = true;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Serving many sessions: the memory they hold and a new session's first call.
+
+    python scripts/bench_serve.py [--pg-config .pg/pg16/bin/pg_config]
+                                  [--sessions 1,4,8] [--shapes small,medium]
+
+On random-weight models of GPT-2's shapes (registered as bench_small, ...),
+with 2 threads, everything in one run on a throwaway cluster:
+
+- memory: the sum of the proportional set size (Pss, /proc/<pid>/smaps_rollup)
+  of N sessions that have each generated, beside the size of the weights;
+  target: at most 1.5 x the weights + 64 MB per session;
+- first call: the latency of a fresh session's first llm_logits (the model
+  alone) and llm_generate (the model and the tokenizer, 1 new token), cold
+  (the first backend of a freshly started server, no cache file: it builds
+  it) and warm (another backend maps the model already); target: warm
+  <= 50 ms for gpt2-small.
+
+Batched generation (llm_generate_batch) is not measured: it is not built yet.
+The server must run on this machine (it reads /proc of its backends).
+"""
+import argparse
+import os
+import shutil
+import sys
+import time
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import psycopg  # noqa: E402
+from pg_llm_cy.cluster import LocalCluster, bindir_of  # noqa: E402
+
+SHAPES = {"small": (12, 12, 768, 1024), "medium": (24, 16, 1024, 1024)}
+VOCAB = 50257
+
+
+def pss_mb(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no Pss for {pid}")
+
+
+def connect(dsn):
+    c = psycopg.connect(dsn, autocommit=True)
+    c.execute("SET pg_llm.num_threads = 2")
+    return c
+
+
+def first_call(dsn, sql):
+    """Seconds of sql in a new session (the connection itself not counted)."""
+    with connect(dsn) as c:
+        c.execute("SELECT 1")
+        t = time.perf_counter()
+        c.execute(sql)
+        return time.perf_counter() - t
+
+
+def setup_models(dsn, shapes, data_dir):
+    with connect(dsn) as c:
+        for shape in shapes:
+            L, H, C, T = SHAPES[shape]
+            model = f"bench_{shape}"
+            c.execute("SELECT llm_drop_model(model) FROM llm_model_config WHERE model = %s", (model,))
+            c.execute("SELECT llm_create_model(%s, %s, %s, %s, %s, %s, 1)", (model, L, H, C, T, VOCAB))
+            for fn, name in (("pg_llm_load_bpe_vocab_text", "vocab.json"),
+                             ("pg_llm_load_bpe_merges_text", "merges.txt")):
+                with open(os.path.join(data_dir, "gpt2", name), encoding="utf-8") as f:
+                    c.execute(f"SELECT {fn}(%s, %s)", (f.read(), model))
+
+
+def bench_memory(dsn, model, counts, out):
+    with connect(dsn) as c:
+        weights_mb = c.execute("SELECT bytes / 1048576.0 FROM llm_models WHERE model = %s",
+                               (model,)).fetchone()[0]
+    print(f"\nmemory: sessions that have generated with {model} ({weights_mb:.0f} MB of weights)", file=out)
+    print("sessions  sum of Pss MB  target MB  per session MB", file=out)
+    rows = []
+    for n in counts:
+        sessions = [connect(dsn) for _ in range(n)]
+        try:
+            for s in sessions:
+                s.execute("SELECT llm_generate('Hello', 8, 0, model => %s)", (model,))
+            pids = [s.execute("SELECT pg_backend_pid()").fetchone()[0] for s in sessions]
+            total = sum(pss_mb(p) for p in pids)
+            target = 1.5 * float(weights_mb) + 64 * n
+            rows.append((n, total, target))
+            print(f"{n:8d}  {total:13.0f}  {target:9.0f}  {total / n:14.0f}", file=out)
+        finally:
+            for s in sessions:
+                s.close()
+    return rows
+
+
+def bench_first_call(cluster, dsn, model, out):
+    logits = f"SELECT length(llm_logits('{{1,2,3}}', '{model}'))"
+    generate = f"SELECT llm_generate('Hello', 1, 0, model => '{model}')"
+    # cold: a freshly started server and no cache file
+    cluster.stop()
+    shutil.rmtree(os.path.join(cluster.data, "pgsql_tmp_pg_llm_cache"), ignore_errors=True)
+    cluster.start()
+    cold_logits = first_call(dsn, logits)
+    cold_generate = first_call(dsn, generate)
+    # warm: another backend holds the model
+    holder = connect(dsn)
+    holder.execute(generate)
+    warm_logits = min(first_call(dsn, logits) for _ in range(5))
+    warm_generate = min(first_call(dsn, generate) for _ in range(5))
+    holder.close()
+    print(f"{model:13s}  {cold_logits * 1e3:13.0f}  {cold_generate * 1e3:15.0f}  "
+          f"{warm_logits * 1e3:13.1f}  {warm_generate * 1e3:15.1f}", file=out)
+    return warm_logits, warm_generate
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pg-config", default=os.environ.get("PG_CONFIG", ".pg/pg16/bin/pg_config"))
+    ap.add_argument("--data-dir", default=os.environ.get("PG_LLM_TEST_DATA", "data"),
+                    help="the directory of gpt2/vocab.json and gpt2/merges.txt "
+                         "(scripts/download_tokenizer.py fetches them)")
+    ap.add_argument("--sessions", default="1,4,8")
+    ap.add_argument("--shapes", default="small,medium")
+    a = ap.parse_args(argv)
+    shapes = a.shapes.split(",")
+    cluster = LocalCluster(bindir_of(a.pg_config), settings={"max_connections": 60}).initdb().start()
+    out = sys.stdout
+    try:
+        dsn = cluster.dsn
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE EXTENSION pg_llm")
+        setup_models(dsn, shapes, a.data_dir)
+        bench_memory(dsn, f"bench_{shapes[0]}", [int(n) for n in a.sessions.split(",")], out)
+        print("\nfirst call of a new session, ms (cold: first backend of a fresh server, no cache file;"
+              " warm: another backend maps the model; best of 5)", file=out)
+        print("model          cold llm_logits  cold llm_generate  warm llm_logits  warm llm_generate", file=out)
+        for shape in shapes:
+            bench_first_call(cluster, dsn, f"bench_{shape}", out)
+    finally:
+        cluster.destroy()
+
+
+if __name__ == "__main__":
+    main()
