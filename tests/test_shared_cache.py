@@ -9,6 +9,7 @@ import os
 import stat
 import struct
 import subprocess
+import time
 
 import psycopg
 import pytest
@@ -17,7 +18,7 @@ from helpers import create_model, server_setting, sql_value
 
 M = "shared_m"
 SHAPE = dict(n_layer=2, n_head=2, n_embd=128, n_positions=64)     # 29 MB
-HEADER_BYTES = 1120         # sizeof(PgllmCacheHeader)
+HEADER_BYTES = 1128         # sizeof(PgllmCacheHeader)
 
 
 @pytest.fixture
@@ -140,7 +141,7 @@ def file_bytes(path):
     checksum and build time."""
     with open(path, "rb") as f:
         b = bytearray(f.read())
-    b[20:24], b[72:80] = bytes(4), bytes(8)
+    b[20:24], b[80:88] = bytes(4), bytes(8)
     return bytes(b)
 
 
@@ -188,8 +189,12 @@ def test_the_server_wide_bound_removes_files_nobody_maps(pg_dsn, conn, cluster, 
     create_model(conn, "shared_other", seed=4, **SHAPE)
     try:
         with psycopg.connect(pg_dsn, autocommit=True) as a:
-            logits(a)
+            want = logits(a)
         first = file_of(cluster, conn)
+        for _ in range(500):          # a's backend ends a moment after its client
+            if not mapped(first):
+                break
+            time.sleep(0.01)
         mb = os.path.getsize(first) / 2**20
         # room for what other sessions map and 1.5 models: every file nobody
         # maps of this size must go to fit a second one
@@ -204,6 +209,10 @@ def test_the_server_wide_bound_removes_files_nobody_maps(pg_dsn, conn, cluster, 
                     with pytest.raises(psycopg.errors.ProgramLimitExceeded,
                                        match="besides the cached models in use"):
                         logits(c)
+                # b itself lets its own mapping go to make room
+                assert logits(b) == want
+                file_of(cluster, b)
+                assert sql_value(b, "SELECT count(*) FROM llm_cache WHERE model = 'shared_other'") == 0
     finally:
         conn.execute("SELECT llm_drop_model('shared_other')")
 
@@ -235,3 +244,46 @@ def test_no_room_on_disk_keeps_a_private_copy(pg_dsn, conn, cluster, model):
         assert os.listdir(d) in ([], ["build.lock"])         # no partial file left
     finally:
         subprocess.run(["umount", d], check=True)
+
+
+def test_a_version_this_transaction_wrote_is_not_shared(pg_dsn, conn, cluster, model):
+    """It may never commit (and after a crash its number may come again):
+    the call uses a private copy, and the file comes after the commit."""
+    with psycopg.connect(pg_dsn) as a:          # one transaction
+        a.execute(f"SELECT llm_train_step('{M}', '{{{{1,2,3}}}}', '{{{{2,3,4}}}}')")
+        version = sql_value(a, "SELECT version FROM llm_model_config WHERE model = %s", (M,))
+        mine = logits(a)
+        loads, private_mb, shared_mb = stats(a)
+        assert private_mb > 20 and shared_mb == 0
+        assert not [f for f in cache_files(cluster) if f.endswith(f".{version}.float32")]
+        a.commit()
+    with psycopg.connect(pg_dsn, autocommit=True) as b:
+        assert logits(b) == mine
+        assert file_of(cluster, b).endswith(f".{version}.float32")
+
+
+def test_a_new_extension_does_not_meet_the_old_ones_files(pg_dsn, cluster):
+    """DROP EXTENSION and CREATE EXTENSION start the version sequence again:
+    the same model name at the same version number is another model, and
+    the cache knows it (the file names llm_model_config's OID)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        c.execute("DROP DATABASE IF EXISTS shared_reuse")
+        c.execute("CREATE DATABASE shared_reuse")
+    dsn = pg_dsn.replace("dbname=postgres", "dbname=shared_reuse")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE EXTENSION pg_llm")
+            create_model(c, "again", seed=1, **SHAPE)
+            v1 = sql_value(c, "SELECT version FROM llm_model_config WHERE model = 'again'")
+            first = logits(c, "again")
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("DROP EXTENSION pg_llm")
+            c.execute("CREATE EXTENSION pg_llm")
+            create_model(c, "again", seed=2, **SHAPE)
+            assert sql_value(c, "SELECT version FROM llm_model_config WHERE model = 'again'") == v1
+            create_model(c, "twin", seed=2, **SHAPE)
+            second = logits(c, "again")
+            assert second != first and second == logits(c, "twin")
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as c:
+            c.execute("DROP DATABASE shared_reuse")

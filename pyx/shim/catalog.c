@@ -13,6 +13,7 @@
  */
 #include "pg_llm.h"
 
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -166,11 +167,19 @@ pgllm_model_name_arg(FunctionCallInfo fcinfo, int argno)
 void
 pgllm_model_config(const char *name, PgllmGPT2Config *cfg, int64 *version)
 {
+	pgllm_model_config_row(name, cfg, version, NULL, NULL);
+}
+
+void
+pgllm_model_config_row(const char *name, PgllmGPT2Config *cfg, int64 *version, Oid *table,
+					   bool *written_here)
+{
 	HeapTuple	tup;
 	TupleDesc	td;
 	bool		isnull;
 	char	   *sql = psprintf("SELECT n_layer, n_head, %s, n_positions, vocab, "
-							   "layer_norm_eps, version FROM %s WHERE model OPERATOR(pg_catalog.=) $1",
+							   "layer_norm_eps, version, tableoid, xmin FROM %s "
+							   "WHERE model OPERATOR(pg_catalog.=) $1",
 							   pgllm_embd_column(), pgllm_table("llm_model_config"));
 	int			spi = pgllm_spi_begin();
 
@@ -190,6 +199,11 @@ pgllm_model_config(const char *name, PgllmGPT2Config *cfg, int64 *version)
 	cfg->eps = DatumGetFloat4(SPI_getbinval(tup, td, 6, &isnull));
 	if (version)
 		*version = DatumGetInt64(SPI_getbinval(tup, td, 7, &isnull));
+	if (table)
+		*table = DatumGetObjectId(SPI_getbinval(tup, td, 8, &isnull));
+	if (written_here)
+		*written_here = TransactionIdIsCurrentTransactionId(
+			DatumGetTransactionId(SPI_getbinval(tup, td, 9, &isnull)));
 	pgllm_spi_end(spi);
 }
 

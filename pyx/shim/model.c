@@ -74,7 +74,7 @@ cache_free(PgllmModel *victim, bool outdated)
 	pfree(victim);
 }
 
-/* drop this backend's unpinned copies of a model */
+/* drop this backend's unpinned copies of a model (NULL: of every model) */
 static void
 forget_unpinned(const char *name)
 {
@@ -84,7 +84,7 @@ forget_unpinned(const char *name)
 	for (e = cache_head; e; e = next)
 	{
 		next = e->next;
-		if (e->pins == 0 && strcmp(e->name, name) == 0)
+		if (e->pins == 0 && (name == NULL || strcmp(e->name, name) == 0))
 			cache_free(e, false);
 	}
 }
@@ -120,7 +120,8 @@ cache_make_room(const char *name, int64 need)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("model \"%s\" needs %lld MB, more than pg_llm.model_cache_mb (%d MB)",
 						name, (long long) (need >> 20), pgllm_model_cache_mb),
-				 errhint("SET pg_llm.model_cache_mb = %lld or more.", (long long) (need >> 20) + 1)));
+				 errhint("Raise pg_llm.model_cache_mb to %lld or more (ALTER SYSTEM, then pg_reload_conf()).",
+						 (long long) (need >> 20) + 1)));
 	while (cache_bytes() + need > limit)
 	{
 		PgllmModel *e,
@@ -144,6 +145,9 @@ pgllm_model_acquire(const char *name)
 {
 	PgllmGPT2Config cfg;
 	int64		version;
+	Oid			config_table;
+	bool		written_here;
+	PgllmSharedResult shared = PGLLM_SHARED_UNAVAILABLE;
 	PgllmModel *e;
 	int64		sizes[PGLLM_NUM_PARAM_TENSORS];
 	int64		nfloats;
@@ -155,7 +159,7 @@ pgllm_model_acquire(const char *name)
 		RegisterXactCallback(cache_xact_callback, NULL);
 		xact_callback_registered = true;
 	}
-	pgllm_model_config(name, &cfg, &version);
+	pgllm_model_config_row(name, &cfg, &version, &config_table, &written_here);
 	for (e = cache_head; e; e = e->next)
 	{
 		if (strcmp(e->name, name) != 0 || e->stale)
@@ -195,7 +199,21 @@ pgllm_model_acquire(const char *name)
 	e->version = version;
 	PG_TRY();
 	{
-		if (pgllm_shared_weights_map(name, &cfg, version, nfloats, &e->shared))
+		/* a version this transaction wrote may never commit: not shared */
+		if (!written_here)
+		{
+			shared = pgllm_shared_weights_map(name, &cfg, config_table, version, nfloats, &e->shared);
+			if (shared == PGLLM_SHARED_NO_ROOM)
+			{
+				/* this backend's own mappings count too: let them go, then retry */
+				forget_unpinned(NULL);
+				shared = pgllm_shared_weights_map(name, &cfg, config_table, version, nfloats,
+												  &e->shared);
+				if (shared == PGLLM_SHARED_NO_ROOM)
+					pgllm_shared_weights_no_room(name, nfloats);
+			}
+		}
+		if (shared == PGLLM_SHARED_MAPPED)
 		{
 			e->params = e->shared.params;
 			pgllm_stats.model_maps++;

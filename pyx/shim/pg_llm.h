@@ -160,11 +160,20 @@ typedef struct PgllmSharedWeights
 	char		path[MAXPGPATH];
 } PgllmSharedWeights;
 
-/* map (this database, model, version) from its cache file, built from the
- * table when missing or invalid; false, after a WARNING, when no file can
- * be had (the caller keeps a private copy) */
-extern bool pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg,
-									 int64 version, int64 nfloats, PgllmSharedWeights *out);
+typedef enum PgllmSharedResult
+{
+	PGLLM_SHARED_MAPPED,		/* out holds the mapping */
+	PGLLM_SHARED_UNAVAILABLE,	/* no file can be had (a WARNING said why) */
+	PGLLM_SHARED_NO_ROOM		/* pg_llm.model_cache_mb is full of files in use */
+} PgllmSharedResult;
+
+/* map (this database's config table, model, version) from its cache file,
+ * built from the table when missing or invalid */
+extern PgllmSharedResult pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg,
+												  Oid config_table, int64 version, int64 nfloats,
+												  PgllmSharedWeights *out);
+/* the ERROR (54000) of PGLLM_SHARED_NO_ROOM */
+extern pg_noreturn void pgllm_shared_weights_no_room(const char *model, int64 nfloats);
 /* unmap; outdated: a newer version exists, so remove the file if nobody
  * else maps it */
 extern void pgllm_shared_weights_unmap(PgllmSharedWeights *w, bool outdated);
@@ -224,6 +233,10 @@ extern char *pgllm_model_name_arg(FunctionCallInfo fcinfo, int argno);
 
 /* read a model's configuration; ERROR if it does not exist */
 extern void pgllm_model_config(const char *name, PgllmGPT2Config *cfg, int64 *version);
+/* and the row's identity: the table's OID (new at each CREATE EXTENSION), and
+ * whether this transaction wrote the row (its version may never commit) */
+extern void pgllm_model_config_row(const char *name, PgllmGPT2Config *cfg, int64 *version,
+								   Oid *table, bool *written_here);
 
 /* does the model have a configuration row / parameter rows? */
 extern bool pgllm_model_exists(const char *name);

@@ -1,6 +1,7 @@
 /*
  * shared_cache.c -- one copy of each model's weights per server: a cache
- * file per (database, model, version, format) under the data directory,
+ * file per (database, config table, model, version, format) under the data
+ * directory,
  * mapped read-only and MAP_SHARED by every backend, so that the page cache
  * holds the one copy.  It needs neither shared_preload_libraries nor
  * POSIX shared memory (Docker's /dev/shm is 64 MB).  ARCHITECTURE.md has the
@@ -12,8 +13,12 @@
  *    file under a name that is read (builds are serialized by build.lock, so
  *    a temporary file found by a builder is a dead builder's and removed);
  *  - its header names the server (system identifier), the database, the
- *    model, the version and the size, and has its own CRC; a mismatch of
- *    any of them, or a data checksum that fails, makes it rebuilt;
+ *    llm_model_config table's OID (new at each CREATE EXTENSION, whose
+ *    version sequence starts again), the model, the version and the size,
+ *    and has its own CRC; a mismatch of any of them, or a data checksum that
+ *    fails, makes it rebuilt; a version written by the calling transaction
+ *    itself is never cached (it may never commit, and its number may come
+ *    again after a crash);
  *  - the data checksum is verified once per change of the file: a stamp
  *    file (.ok) records the inode, size and ctime it was verified at, and a
  *    file whose stamp does not match them (written to, replaced) is hashed
@@ -33,6 +38,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "access/xlog.h"
@@ -59,6 +65,8 @@ typedef struct PgllmCacheHeader
 	Oid			database;
 	int32		name_len;
 	int64		version;
+	Oid			config_table;	/* llm_model_config's OID */
+	int32		unused;
 	int64		nfloats;
 	int64		data_offset;
 	uint64		data_checksum;	/* pgllm_checksum64 of the floats */
@@ -95,23 +103,25 @@ model_hash(const char *model)
 	return hash_bytes_extended((const unsigned char *) model, strlen(model), 0);
 }
 
-/* <database oid>.<model hash>.<version>.float32 */
+/* <database oid>.<config table oid>.<model hash>.<version>.float32 */
 static char *
-cache_file_name(Oid database, const char *model, int64 version)
+cache_file_name(Oid database, Oid config_table, const char *model, int64 version)
 {
-	return psprintf("%u.%016llx.%lld." CACHE_FORMAT, database,
+	return psprintf("%u.%u.%016llx.%lld." CACHE_FORMAT, database, config_table,
 					(unsigned long long) model_hash(model), (long long) version);
 }
 
 static bool
 parse_cache_file_name(const char *name, Oid *database, uint64 *hash, int64 *version)
 {
-	unsigned int db;
+	unsigned int db,
+				table;
 	unsigned long long h;
 	long long	v;
 	int			end = 0;
 
-	if (sscanf(name, "%u.%16llx.%lld.float32%n", &db, &h, &v, &end) != 3 || name[end] != '\0')
+	if (sscanf(name, "%u.%u.%16llx.%lld.float32%n", &db, &table, &h, &v, &end) != 4 ||
+		name[end] != '\0')
 		return false;
 	*database = db;
 	*hash = h;
@@ -152,7 +162,7 @@ header_crc(const PgllmCacheHeader *h)
 }
 
 static void
-header_fill(PgllmCacheHeader *h, const char *model, int64 version, int64 nfloats)
+header_fill(PgllmCacheHeader *h, const char *model, Oid config_table, int64 version, int64 nfloats)
 {
 	memset(h, 0, sizeof(*h));
 	memcpy(h->magic, CACHE_MAGIC, sizeof(CACHE_MAGIC) - 1);
@@ -161,6 +171,7 @@ header_fill(PgllmCacheHeader *h, const char *model, int64 version, int64 nfloats
 	h->database = MyDatabaseId;
 	h->name_len = (int32) strlen(model);
 	h->version = version;
+	h->config_table = config_table;
 	h->nfloats = nfloats;
 	h->data_offset = CACHE_DATA_OFFSET;
 	h->built_at = GetCurrentTimestamp();
@@ -170,8 +181,8 @@ header_fill(PgllmCacheHeader *h, const char *model, int64 version, int64 nfloats
 
 /* the header is whole, this server's, and of what we want (model NULL: any) */
 static bool
-header_valid(const PgllmCacheHeader *h, off_t file_size, const char *model, int64 version,
-			 int64 nfloats)
+header_valid(const PgllmCacheHeader *h, off_t file_size, const char *model, Oid config_table,
+			 int64 version, int64 nfloats)
 {
 	if (memcmp(h->magic, CACHE_MAGIC, sizeof(CACHE_MAGIC) - 1) != 0 ||
 		h->layout != CACHE_LAYOUT || h->header_crc != header_crc(h) ||
@@ -184,8 +195,8 @@ header_valid(const PgllmCacheHeader *h, off_t file_size, const char *model, int6
 		return false;
 	if (model == NULL)
 		return true;
-	return h->database == MyDatabaseId && strcmp(h->model, model) == 0 &&
-		h->version == version && h->nfloats == nfloats;
+	return h->database == MyDatabaseId && h->config_table == config_table &&
+		strcmp(h->model, model) == 0 && h->version == version && h->nfloats == nfloats;
 }
 
 static bool
@@ -248,7 +259,7 @@ stamp_write(const char *path, const struct stat *st)
  * opening and mapping
  * ------------------------------------------------------------------------- */
 static OpenResult
-open_valid(const char *path, const char *model, int64 version, int64 nfloats,
+open_valid(const char *path, const char *model, Oid config_table, int64 version, int64 nfloats,
 		   PgllmSharedWeights *out)
 {
 	int			fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -266,7 +277,7 @@ open_valid(const char *path, const char *model, int64 version, int64 nfloats,
 		close(fd);
 		return OPEN_MISSING;
 	}
-	if (!header_read(fd, &h) || !header_valid(&h, st.st_size, model, version, nfloats))
+	if (!header_read(fd, &h) || !header_valid(&h, st.st_size, model, config_table, version, nfloats))
 	{
 		close(fd);
 		return OPEN_INVALID;
@@ -387,18 +398,34 @@ list_cache_files(void)
 	return files;
 }
 
-/* under build.lock: temporary files (a dead builder's: builds are serialized) */
+/*
+ * Under build.lock: temporary files of a dead builder (builds are
+ * serialized, so any is dead), and stamps a reader did not finish writing a
+ * minute ago (a stamp is written in microseconds).
+ */
 static void
 remove_dead_builds(void)
 {
 	DIR		   *dir = AllocateDir(cache_dir());
 	struct dirent *de;
+	time_t		now = time(NULL);
 
 	if (dir == NULL)
 		return;
 	while ((de = ReadDir(dir, cache_dir())) != NULL)
-		if (strstr(de->d_name, ".tmp") != NULL && strstr(de->d_name, ".ok.tmp") == NULL)
-			unlink(psprintf("%s/%s", cache_dir(), de->d_name));
+	{
+		char	   *path = psprintf("%s/%s", cache_dir(), de->d_name);
+		struct stat st;
+
+		if (strstr(de->d_name, ".ok.tmp") != NULL)
+		{
+			if (stat(path, &st) == 0 && st.st_mtime < now - 60)
+				unlink(path);
+		}
+		else if (strstr(de->d_name, ".tmp") != NULL)
+			unlink(path);
+		pfree(path);
+	}
 	FreeDir(dir);
 }
 
@@ -411,20 +438,32 @@ oldest_first(const ListCell *a, const ListCell *b)
 	return (fa->mtime > fb->mtime) - (fa->mtime < fb->mtime);
 }
 
+void
+pgllm_shared_weights_no_room(const char *model, int64 nfloats)
+{
+	int64		need = nfloats * (int64) sizeof(float) + CACHE_DATA_OFFSET;
+
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("pg_llm.model_cache_mb (%d MB) cannot hold model \"%s\" (%lld MB) besides the cached models in use",
+					pgllm_model_cache_mb, model, (long long) (need >> 20)),
+			 errhint("Raise pg_llm.model_cache_mb, or end the sessions that hold other models (the llm_cache view lists them).")));
+}
+
 /*
  * Under build.lock, before building `model` at `version` (need bytes):
  * other versions of the model in this database go, and then the oldest
- * files nobody maps until the new one fits pg_llm.model_cache_mb.
+ * files nobody maps until the new one fits pg_llm.model_cache_mb.  False if
+ * the files in use leave no room.
  */
-static void
+static bool
 make_room(const char *model, int64 version, int64 need)
 {
 	int64		limit = (int64) pgllm_model_cache_mb * 1024 * 1024;
 	uint64		hash = model_hash(model);
 	List	   *files;
 	ListCell   *lc;
-	int64		total = 0,
-				in_use = 0;
+	int64		total = 0;
 
 	if (need > limit)
 		ereport(ERROR,
@@ -453,16 +492,8 @@ make_room(const char *model, int64 version, int64 need)
 			break;
 		if (f->size > 0 && remove_if_unmapped(f->path))
 			total -= f->size;
-		else
-			in_use += f->size;
 	}
-	if (total + need > limit)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("pg_llm.model_cache_mb (%d MB) cannot hold model \"%s\" (%lld MB) besides the cached models in use (%lld MB)",
-						pgllm_model_cache_mb, model, (long long) (need >> 20),
-						(long long) (in_use >> 20)),
-				 errhint("Raise pg_llm.model_cache_mb, or end the sessions that hold other models (see the llm_cache view).")));
+	return total + need <= limit;
 }
 
 void
@@ -541,8 +572,8 @@ fsync_or_error(int fd, const char *path)
 
 /* write the file from the table; false (with a WARNING) if there is no room */
 static bool
-build(const char *path, const char *model, const PgllmGPT2Config *cfg, int64 version,
-	  int64 nfloats)
+build(const char *path, const char *model, const PgllmGPT2Config *cfg, Oid config_table,
+	  int64 version, int64 nfloats)
 {
 	char	   *tmp = psprintf("%s.tmp%d", path, MyProcPid);
 	off_t		size = CACHE_DATA_OFFSET + nfloats * (off_t) sizeof(float);
@@ -589,7 +620,7 @@ build(const char *path, const char *model, const PgllmGPT2Config *cfg, int64 ver
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("model \"%s\" has no parameters", model)));
-		header_fill(&h, model, version, nfloats);
+		header_fill(&h, model, config_table, version, nfloats);
 		h.data_checksum = pgllm_checksum64(base + CACHE_DATA_OFFSET, nfloats * (int64) sizeof(float));
 		h.header_crc = header_crc(&h);
 		memcpy(base, &h, sizeof(h));
@@ -600,8 +631,9 @@ build(const char *path, const char *model, const PgllmGPT2Config *cfg, int64 ver
 			ereport(ERROR,
 					(errcode_for_file_access(),
 					 errmsg("pg_llm: could not rename \"%s\" to \"%s\": %m", tmp, path)));
+		/* (not fsync_fname: its failure would be a PANIC, for a cache) */
 		if (enableFsync)
-			fsync_fname(cache_dir(), true);
+			fsync_fname_ext(cache_dir(), true, false, ERROR);
 	}
 	PG_CATCH();
 	{
@@ -625,12 +657,11 @@ build(const char *path, const char *model, const PgllmGPT2Config *cfg, int64 ver
 
 /*
  * Map this database's model at version: from its cache file, building the
- * file from the table when it is missing or invalid.  False when no file
- * can be had (a WARNING said why): the caller keeps a private copy.
+ * file from the table when it is missing or invalid.
  */
-bool
-pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, int64 version,
-						 int64 nfloats, PgllmSharedWeights *out)
+PgllmSharedResult
+pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, Oid config_table,
+						 int64 version, int64 nfloats, PgllmSharedWeights *out)
 {
 	char	   *path;
 	int			attempt;
@@ -640,20 +671,21 @@ pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, int64 ve
 	out->fd = -1;
 	out->path[0] = '\0';
 	if (!cache_dir_ready())
-		return false;
-	path = psprintf("%s/%s", cache_dir(), cache_file_name(MyDatabaseId, model, version));
+		return PGLLM_SHARED_UNAVAILABLE;
+	path = psprintf("%s/%s", cache_dir(), cache_file_name(MyDatabaseId, config_table, model, version));
 	for (attempt = 0; attempt < 3; attempt++)
 	{
-		volatile OpenResult r = open_valid(path, model, version, nfloats, out);
+		volatile OpenResult r = open_valid(path, model, config_table, version, nfloats, out);
 		volatile bool built = false;
+		volatile bool room = true;
 
 		if (r == OPEN_OK)
-			return true;
+			return PGLLM_SHARED_MAPPED;
 		build_lock_acquire();
 		PG_TRY();
 		{
 			/* another backend may have built it while we waited */
-			r = open_valid(path, model, version, nfloats, out);
+			r = open_valid(path, model, config_table, version, nfloats, out);
 			if (r != OPEN_OK)
 			{
 				if (r == OPEN_INVALID)
@@ -664,8 +696,9 @@ pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, int64 ve
 					unlink(path);
 					unlink(stamp);
 				}
-				make_room(model, version, nfloats * (int64) sizeof(float) + CACHE_DATA_OFFSET);
-				built = build(path, model, cfg, version, nfloats);
+				room = make_room(model, version, nfloats * (int64) sizeof(float) + CACHE_DATA_OFFSET);
+				if (room)
+					built = build(path, model, cfg, config_table, version, nfloats);
 			}
 		}
 		PG_FINALLY();
@@ -674,16 +707,18 @@ pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, int64 ve
 		}
 		PG_END_TRY();
 		if (r == OPEN_OK)
-			return true;
+			return PGLLM_SHARED_MAPPED;
+		if (!room)
+			return PGLLM_SHARED_NO_ROOM;
 		if (!built)
-			return false;
+			return PGLLM_SHARED_UNAVAILABLE;
 		pgllm_stats.model_loads++;
 	}
 	ereport(WARNING,
 			(errmsg("pg_llm: the shared weight cache file of model \"%s\" was replaced while it was being opened",
 					model),
 			 errdetail("This backend keeps its own copy of the model's weights.")));
-	return false;
+	return PGLLM_SHARED_UNAVAILABLE;
 }
 
 /* ---------------------------------------------------------------------------
@@ -693,6 +728,8 @@ pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, int64 ve
 /* inode -> pids holding a shared flock, from /proc/locks (Linux); NULL elsewhere */
 typedef struct LockHolder
 {
+	unsigned int major,
+				minor;
 	uint64		inode;
 	int			pid;
 } LockHolder;
@@ -725,6 +762,8 @@ flock_holders(bool *known)
 				   &inode) != 7 || strcmp(type, "FLOCK") != 0 || strcmp(mode, "READ") != 0)
 			continue;
 		h = palloc(sizeof(LockHolder));
+		h->major = major;
+		h->minor = minor;
 		h->inode = inode;
 		h->pid = pid;
 		holders = lappend(holders, h);
@@ -763,7 +802,7 @@ pg_llm_cache_files(PG_FUNCTION_ARGS)
 		if (fd < 0)
 			continue;
 		ok = fstat(fd, &st) == 0 && header_read(fd, &h) &&
-			header_valid(&h, st.st_size, NULL, 0, 0) && h.database == MyDatabaseId;
+			header_valid(&h, st.st_size, NULL, InvalidOid, 0, 0) && h.database == MyDatabaseId;
 		close(fd);
 		if (!ok)
 			continue;
@@ -777,7 +816,8 @@ pg_llm_cache_files(PG_FUNCTION_ARGS)
 		{
 			LockHolder *lh = lfirst(hc);
 
-			if (lh->inode == (uint64) st.st_ino)
+			if (lh->inode == (uint64) st.st_ino && lh->major == major(st.st_dev) &&
+				lh->minor == minor(st.st_dev))
 				pids[npids++] = Int32GetDatum(lh->pid);
 		}
 		if (known)
