@@ -18,7 +18,7 @@ from helpers import create_model, server_setting, sql_value
 
 M = "shared_m"
 SHAPE = dict(n_layer=2, n_head=2, n_embd=128, n_positions=64)     # 29 MB
-HEADER_BYTES = 1128         # sizeof(PgllmCacheHeader)
+HEADER_BYTES = 1136         # sizeof(PgllmCacheHeader)
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def file_bytes(path):
     checksum and build time."""
     with open(path, "rb") as f:
         b = bytearray(f.read())
-    b[20:24], b[80:88] = bytes(4), bytes(8)
+    b[20:24], b[88:96] = bytes(4), bytes(8)
     return bytes(b)
 
 
@@ -287,3 +287,26 @@ def test_a_new_extension_does_not_meet_the_old_ones_files(pg_dsn, cluster):
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as c:
             c.execute("DROP DATABASE shared_reuse")
+
+
+def test_a_version_number_handed_out_again_is_another_model(pg_dsn, conn, cluster, model):
+    """A restore's setval can hand a version number out again, for other
+    weights: the file of the old ones is not served (the config row's
+    updated_at is part of the key)."""
+    step = f"SELECT llm_train_step('{M}', '{{{{1,2,3}}}}', '{{{{2,3,4}}}}')"
+    conn.execute(step)
+    version = sql_value(conn, "SELECT version FROM llm_model_config WHERE model = %s", (M,))
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        old = logits(holder)                     # its file, held open
+        conn.execute("SELECT setval('llm_model_version_seq', %s)", (version - 1,))
+        conn.execute(step)
+        assert sql_value(conn, "SELECT version FROM llm_model_config WHERE model = %s", (M,)) == version
+        with psycopg.connect(pg_dsn) as truth:   # a private copy: the row written in this transaction
+            truth.execute("UPDATE llm_model_config SET train_step = train_step WHERE model = %s", (M,))
+            want = logits(truth)
+            assert stats(truth)[1] > 20
+            truth.rollback()
+        assert want != old
+        with psycopg.connect(pg_dsn, autocommit=True) as b:
+            assert logits(b) == want
+            assert stats(b)[0] == 1              # b rebuilt the file

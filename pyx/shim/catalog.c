@@ -21,6 +21,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/timestamp.h"
 
 /* ---------------------------------------------------------------------------
  * SPI with a pinned search_path
@@ -167,18 +168,18 @@ pgllm_model_name_arg(FunctionCallInfo fcinfo, int argno)
 void
 pgllm_model_config(const char *name, PgllmGPT2Config *cfg, int64 *version)
 {
-	pgllm_model_config_row(name, cfg, version, NULL, NULL);
+	pgllm_model_config_row(name, cfg, version, NULL, NULL, NULL);
 }
 
 void
 pgllm_model_config_row(const char *name, PgllmGPT2Config *cfg, int64 *version, Oid *table,
-					   bool *written_here)
+					   int64 *updated_at, bool *written_here)
 {
 	HeapTuple	tup;
 	TupleDesc	td;
 	bool		isnull;
 	char	   *sql = psprintf("SELECT n_layer, n_head, %s, n_positions, vocab, "
-							   "layer_norm_eps, version, tableoid, xmin FROM %s "
+							   "layer_norm_eps, version, tableoid, xmin, updated_at FROM %s "
 							   "WHERE model OPERATOR(pg_catalog.=) $1",
 							   pgllm_embd_column(), pgllm_table("llm_model_config"));
 	int			spi = pgllm_spi_begin();
@@ -204,6 +205,8 @@ pgllm_model_config_row(const char *name, PgllmGPT2Config *cfg, int64 *version, O
 	if (written_here)
 		*written_here = TransactionIdIsCurrentTransactionId(
 			DatumGetTransactionId(SPI_getbinval(tup, td, 9, &isnull)));
+	if (updated_at)
+		*updated_at = DatumGetTimestampTz(SPI_getbinval(tup, td, 10, &isnull));
 	pgllm_spi_end(spi);
 }
 

@@ -146,6 +146,7 @@ pgllm_model_acquire(const char *name)
 	PgllmGPT2Config cfg;
 	int64		version;
 	Oid			config_table;
+	int64		updated_at;
 	bool		written_here;
 	PgllmSharedResult shared = PGLLM_SHARED_UNAVAILABLE;
 	PgllmModel *e;
@@ -159,7 +160,7 @@ pgllm_model_acquire(const char *name)
 		RegisterXactCallback(cache_xact_callback, NULL);
 		xact_callback_registered = true;
 	}
-	pgllm_model_config_row(name, &cfg, &version, &config_table, &written_here);
+	pgllm_model_config_row(name, &cfg, &version, &config_table, &updated_at, &written_here);
 	for (e = cache_head; e; e = e->next)
 	{
 		if (strcmp(e->name, name) != 0 || e->stale)
@@ -202,13 +203,14 @@ pgllm_model_acquire(const char *name)
 		/* a version this transaction wrote may never commit: not shared */
 		if (!written_here)
 		{
-			shared = pgllm_shared_weights_map(name, &cfg, config_table, version, nfloats, &e->shared);
+			shared = pgllm_shared_weights_map(name, &cfg, config_table, version, updated_at, nfloats,
+											  &e->shared);
 			if (shared == PGLLM_SHARED_NO_ROOM)
 			{
 				/* this backend's own mappings count too: let them go, then retry */
 				forget_unpinned(NULL);
-				shared = pgllm_shared_weights_map(name, &cfg, config_table, version, nfloats,
-												  &e->shared);
+				shared = pgllm_shared_weights_map(name, &cfg, config_table, version, updated_at,
+												  nfloats, &e->shared);
 				if (shared == PGLLM_SHARED_NO_ROOM)
 					pgllm_shared_weights_no_room(name, nfloats);
 			}

@@ -170,8 +170,8 @@ typedef enum PgllmSharedResult
 /* map (this database's config table, model, version) from its cache file,
  * built from the table when missing or invalid */
 extern PgllmSharedResult pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg,
-												  Oid config_table, int64 version, int64 nfloats,
-												  PgllmSharedWeights *out);
+												  Oid config_table, int64 version, int64 updated_at,
+												  int64 nfloats, PgllmSharedWeights *out);
 /* the ERROR (54000) of PGLLM_SHARED_NO_ROOM */
 extern pg_noreturn void pgllm_shared_weights_no_room(const char *model, int64 nfloats);
 /* unmap; outdated: a newer version exists, so remove the file if nobody
@@ -233,10 +233,12 @@ extern char *pgllm_model_name_arg(FunctionCallInfo fcinfo, int argno);
 
 /* read a model's configuration; ERROR if it does not exist */
 extern void pgllm_model_config(const char *name, PgllmGPT2Config *cfg, int64 *version);
-/* and the row's identity: the table's OID (new at each CREATE EXTENSION), and
+/* and the row's identity: the table's OID (new at each CREATE EXTENSION),
+ * updated_at (set with every new version: a version number the sequence
+ * hands out again, after a restore's setval, comes with another time), and
  * whether this transaction wrote the row (its version may never commit) */
 extern void pgllm_model_config_row(const char *name, PgllmGPT2Config *cfg, int64 *version,
-								   Oid *table, bool *written_here);
+								   Oid *table, int64 *updated_at, bool *written_here);
 
 /* does the model have a configuration row / parameter rows? */
 extern bool pgllm_model_exists(const char *name);

@@ -14,7 +14,9 @@
  *    a temporary file found by a builder is a dead builder's and removed);
  *  - its header names the server (system identifier), the database, the
  *    llm_model_config table's OID (new at each CREATE EXTENSION, whose
- *    version sequence starts again), the model, the version and the size,
+ *    version sequence starts again), the model, the version with the config
+ *    row's updated_at (a restore's setval can hand a number out again, never
+ *    with the same time), and the size,
  *    and has its own CRC; a mismatch of any of them, or a data checksum that
  *    fails, makes it rebuilt; a version written by the calling transaction
  *    itself is never cached (it may never commit, and its number may come
@@ -67,6 +69,7 @@ typedef struct PgllmCacheHeader
 	int64		version;
 	Oid			config_table;	/* llm_model_config's OID */
 	int32		unused;
+	int64		updated_at;		/* the config row's, with the version */
 	int64		nfloats;
 	int64		data_offset;
 	uint64		data_checksum;	/* pgllm_checksum64 of the floats */
@@ -162,7 +165,8 @@ header_crc(const PgllmCacheHeader *h)
 }
 
 static void
-header_fill(PgllmCacheHeader *h, const char *model, Oid config_table, int64 version, int64 nfloats)
+header_fill(PgllmCacheHeader *h, const char *model, Oid config_table, int64 version,
+			int64 updated_at, int64 nfloats)
 {
 	memset(h, 0, sizeof(*h));
 	memcpy(h->magic, CACHE_MAGIC, sizeof(CACHE_MAGIC) - 1);
@@ -172,6 +176,7 @@ header_fill(PgllmCacheHeader *h, const char *model, Oid config_table, int64 vers
 	h->name_len = (int32) strlen(model);
 	h->version = version;
 	h->config_table = config_table;
+	h->updated_at = updated_at;
 	h->nfloats = nfloats;
 	h->data_offset = CACHE_DATA_OFFSET;
 	h->built_at = GetCurrentTimestamp();
@@ -182,7 +187,7 @@ header_fill(PgllmCacheHeader *h, const char *model, Oid config_table, int64 vers
 /* the header is whole, this server's, and of what we want (model NULL: any) */
 static bool
 header_valid(const PgllmCacheHeader *h, off_t file_size, const char *model, Oid config_table,
-			 int64 version, int64 nfloats)
+			 int64 version, int64 updated_at, int64 nfloats)
 {
 	if (memcmp(h->magic, CACHE_MAGIC, sizeof(CACHE_MAGIC) - 1) != 0 ||
 		h->layout != CACHE_LAYOUT || h->header_crc != header_crc(h) ||
@@ -196,7 +201,8 @@ header_valid(const PgllmCacheHeader *h, off_t file_size, const char *model, Oid 
 	if (model == NULL)
 		return true;
 	return h->database == MyDatabaseId && h->config_table == config_table &&
-		strcmp(h->model, model) == 0 && h->version == version && h->nfloats == nfloats;
+		strcmp(h->model, model) == 0 && h->version == version &&
+		h->updated_at == updated_at && h->nfloats == nfloats;
 }
 
 static bool
@@ -259,8 +265,8 @@ stamp_write(const char *path, const struct stat *st)
  * opening and mapping
  * ------------------------------------------------------------------------- */
 static OpenResult
-open_valid(const char *path, const char *model, Oid config_table, int64 version, int64 nfloats,
-		   PgllmSharedWeights *out)
+open_valid(const char *path, const char *model, Oid config_table, int64 version,
+		   int64 updated_at, int64 nfloats, PgllmSharedWeights *out)
 {
 	int			fd = open(path, O_RDONLY | O_CLOEXEC);
 	struct stat st,
@@ -277,7 +283,8 @@ open_valid(const char *path, const char *model, Oid config_table, int64 version,
 		close(fd);
 		return OPEN_MISSING;
 	}
-	if (!header_read(fd, &h) || !header_valid(&h, st.st_size, model, config_table, version, nfloats))
+	if (!header_read(fd, &h) ||
+		!header_valid(&h, st.st_size, model, config_table, version, updated_at, nfloats))
 	{
 		close(fd);
 		return OPEN_INVALID;
@@ -573,7 +580,7 @@ fsync_or_error(int fd, const char *path)
 /* write the file from the table; false (with a WARNING) if there is no room */
 static bool
 build(const char *path, const char *model, const PgllmGPT2Config *cfg, Oid config_table,
-	  int64 version, int64 nfloats)
+	  int64 version, int64 updated_at, int64 nfloats)
 {
 	char	   *tmp = psprintf("%s.tmp%d", path, MyProcPid);
 	off_t		size = CACHE_DATA_OFFSET + nfloats * (off_t) sizeof(float);
@@ -620,7 +627,7 @@ build(const char *path, const char *model, const PgllmGPT2Config *cfg, Oid confi
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("model \"%s\" has no parameters", model)));
-		header_fill(&h, model, config_table, version, nfloats);
+		header_fill(&h, model, config_table, version, updated_at, nfloats);
 		h.data_checksum = pgllm_checksum64(base + CACHE_DATA_OFFSET, nfloats * (int64) sizeof(float));
 		h.header_crc = header_crc(&h);
 		memcpy(base, &h, sizeof(h));
@@ -661,7 +668,7 @@ build(const char *path, const char *model, const PgllmGPT2Config *cfg, Oid confi
  */
 PgllmSharedResult
 pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, Oid config_table,
-						 int64 version, int64 nfloats, PgllmSharedWeights *out)
+						 int64 version, int64 updated_at, int64 nfloats, PgllmSharedWeights *out)
 {
 	char	   *path;
 	int			attempt;
@@ -675,7 +682,7 @@ pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, Oid conf
 	path = psprintf("%s/%s", cache_dir(), cache_file_name(MyDatabaseId, config_table, model, version));
 	for (attempt = 0; attempt < 3; attempt++)
 	{
-		volatile OpenResult r = open_valid(path, model, config_table, version, nfloats, out);
+		volatile OpenResult r = open_valid(path, model, config_table, version, updated_at, nfloats, out);
 		volatile bool built = false;
 		volatile bool room = true;
 
@@ -685,7 +692,7 @@ pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, Oid conf
 		PG_TRY();
 		{
 			/* another backend may have built it while we waited */
-			r = open_valid(path, model, config_table, version, nfloats, out);
+			r = open_valid(path, model, config_table, version, updated_at, nfloats, out);
 			if (r != OPEN_OK)
 			{
 				if (r == OPEN_INVALID)
@@ -698,7 +705,7 @@ pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, Oid conf
 				}
 				room = make_room(model, version, nfloats * (int64) sizeof(float) + CACHE_DATA_OFFSET);
 				if (room)
-					built = build(path, model, cfg, config_table, version, nfloats);
+					built = build(path, model, cfg, config_table, version, updated_at, nfloats);
 			}
 		}
 		PG_FINALLY();
@@ -802,7 +809,7 @@ pg_llm_cache_files(PG_FUNCTION_ARGS)
 		if (fd < 0)
 			continue;
 		ok = fstat(fd, &st) == 0 && header_read(fd, &h) &&
-			header_valid(&h, st.st_size, NULL, InvalidOid, 0, 0) && h.database == MyDatabaseId;
+			header_valid(&h, st.st_size, NULL, InvalidOid, 0, 0, 0) && h.database == MyDatabaseId;
 		close(fd);
 		if (!ok)
 			continue;
