@@ -30,26 +30,15 @@ static MemoryContext cache_ctx = NULL;
 static uint64 cache_clock = 0;
 static bool xact_callback_registered = false;
 
+/* bytes of this backend's models: mapped from the shared cache, or private copies */
 static int64
-cache_bytes(void)
+cache_bytes(bool mapped)
 {
 	int64		total = 0;
 	PgllmModel *e;
 
 	for (e = cache_head; e; e = e->next)
-		if (e->shared.base == NULL)
-			total += e->nfloats * (int64) sizeof(float);
-	return total;
-}
-
-static int64
-mapped_bytes(void)
-{
-	int64		total = 0;
-	PgllmModel *e;
-
-	for (e = cache_head; e; e = e->next)
-		if (e->shared.base != NULL)
+		if ((e->shared.base != NULL) == mapped)
 			total += e->nfloats * (int64) sizeof(float);
 	return total;
 }
@@ -113,16 +102,9 @@ cache_xact_callback(XactEvent event, void *arg)
 static void
 cache_make_room(const char *name, int64 need)
 {
-	int64		limit = (int64) pgllm_model_cache_mb * 1024 * 1024;
+	int64		limit = pgllm_model_cache_limit(name, need);
 
-	if (need > limit)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("model \"%s\" needs %lld MB, more than pg_llm.model_cache_mb (%d MB)",
-						name, (long long) (need >> 20), pgllm_model_cache_mb),
-				 errhint("Raise pg_llm.model_cache_mb to %lld or more (ALTER SYSTEM, then pg_reload_conf()).",
-						 (long long) (need >> 20) + 1)));
-	while (cache_bytes() + need > limit)
+	while (cache_bytes(false) + need > limit)
 	{
 		PgllmModel *e,
 				   *victim = NULL;
@@ -395,9 +377,9 @@ pg_llm_backend_stats(PG_FUNCTION_ARGS)
 	values[0] = Int64GetDatum(pgllm_stats.tokens_sampled);
 	values[1] = Int64GetDatum(pgllm_stats.model_loads);
 	values[2] = Int64GetDatum(pgllm_stats.cache_hits);
-	values[3] = Float8GetDatum((double) cache_bytes() / (1024.0 * 1024.0));
+	values[3] = Float8GetDatum((double) cache_bytes(false) / (1024.0 * 1024.0));
 	values[4] = Float8GetDatum((double) pgllm_memory_in_use() / (1024.0 * 1024.0));
-	values[5] = Float8GetDatum((double) mapped_bytes() / (1024.0 * 1024.0));
+	values[5] = Float8GetDatum((double) cache_bytes(true) / (1024.0 * 1024.0));
 	values[6] = Int64GetDatum(pgllm_stats.model_maps);
 	if (tupdesc->natts != 5 && tupdesc->natts != 7)
 		elog(ERROR, "pg_llm_backend_stats: unexpected result type");

@@ -172,6 +172,9 @@ typedef enum PgllmSharedResult
 extern PgllmSharedResult pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg,
 												  Oid config_table, int64 version, int64 updated_at,
 												  int64 nfloats, PgllmSharedWeights *out);
+/* pg_llm.model_cache_mb in bytes; ERROR (54000) if a model of `need` bytes
+ * can never fit (the shared cache and private copies share the bound) */
+extern int64 pgllm_model_cache_limit(const char *model, int64 need);
 /* the ERROR (54000) of PGLLM_SHARED_NO_ROOM */
 extern pg_noreturn void pgllm_shared_weights_no_room(const char *model, int64 nfloats);
 /* unmap; outdated: a newer version exists, so remove the file if nobody

@@ -445,6 +445,21 @@ oldest_first(const ListCell *a, const ListCell *b)
 	return (fa->mtime > fb->mtime) - (fa->mtime < fb->mtime);
 }
 
+int64
+pgllm_model_cache_limit(const char *model, int64 need)
+{
+	int64		limit = (int64) pgllm_model_cache_mb * 1024 * 1024;
+
+	if (need > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("model \"%s\" needs %lld MB, more than pg_llm.model_cache_mb (%d MB)",
+						model, (long long) (need >> 20), pgllm_model_cache_mb),
+				 errhint("Raise pg_llm.model_cache_mb to %lld or more (ALTER SYSTEM, then pg_reload_conf()).",
+						 (long long) (need >> 20) + 1)));
+	return limit;
+}
+
 void
 pgllm_shared_weights_no_room(const char *model, int64 nfloats)
 {
@@ -466,19 +481,12 @@ pgllm_shared_weights_no_room(const char *model, int64 nfloats)
 static bool
 make_room(const char *model, int64 version, int64 need)
 {
-	int64		limit = (int64) pgllm_model_cache_mb * 1024 * 1024;
+	int64		limit = pgllm_model_cache_limit(model, need);
 	uint64		hash = model_hash(model);
 	List	   *files;
 	ListCell   *lc;
 	int64		total = 0;
 
-	if (need > limit)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("model \"%s\" needs %lld MB, more than pg_llm.model_cache_mb (%d MB)",
-						model, (long long) (need >> 20), pgllm_model_cache_mb),
-				 errhint("Raise pg_llm.model_cache_mb to %lld or more (ALTER SYSTEM, then pg_reload_conf()).",
-						 (long long) (need >> 20) + 1)));
 	remove_dead_builds();
 	files = list_cache_files();
 	foreach(lc, files)
