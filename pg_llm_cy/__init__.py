@@ -5,7 +5,7 @@
 import os as _os
 import sys as _sys
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 
 def _compiled(d):

@@ -2,6 +2,7 @@
 
     python -m pg_llm_cy generate "Once upon a time" [--stream] [--model M] ...
     python -m pg_llm_cy generate --interactive          # a prompt per line, /help for commands
+    python -m pg_llm_cy generate --file prompts.txt > completions.txt   # batched, a line each
     python -m pg_llm_cy import-hf ./gpt2 --model gpt2-small   # a HuggingFace GPT-2, with its tokenizer
     python -m pg_llm_cy encode "some text"
     python -m pg_llm_cy decode 15496 995
@@ -158,7 +159,64 @@ def interactive(llm: Client, a, stdin=sys.stdin, out=sys.stdout) -> int:
             llm.reconnect()
 
 
+def escape_line(text: str) -> str:
+    """A completion on one line: backslash, newline and carriage return
+    written as \\\\, \\n and \\r."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+class BatchBar:
+    """The live line of a batched generation: a bar, prompts done, speed, ETA."""
+
+    def __init__(self, out=sys.stderr):
+        self.out, self.t0 = out, time.time()
+
+    def __call__(self, done: int, total: int) -> None:
+        frac = done / max(total, 1)
+        bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
+        elapsed = time.time() - self.t0
+        eta = elapsed / max(done, 1) * (total - done)
+        self.out.write(f"\r[{bar}] {done}/{total} prompts {done / max(elapsed, 1e-9):.1f}/s ETA {eta:.0f}s ")
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.write("\n")
+        self.out.flush()
+
+
+def cmd_generate_file(llm: Client, a, out=None) -> int:
+    """A prompt per line of --file (- for stdin) -> a completion per line, in
+    order; an empty line gives an empty line.  Prompts go to
+    llm_generate_batch in chunks of --chunk-size, with a progress bar."""
+    out = out or sys.stdout
+    if a.file == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        with open(a.file, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    wanted = [i for i, line in enumerate(lines) if line]
+    bar = None if a.quiet else BatchBar()
+    try:
+        done = llm.generate_batch([lines[i] for i in wanted], chunk_size=a.chunk_size, progress=bar,
+                                  **_gen_kwargs(a))
+    finally:
+        if bar is not None:
+            bar.close()
+    completions = [""] * len(lines)
+    for i, text in zip(wanted, done):
+        completions[i] = text
+    for text in completions:
+        out.write(escape_line(text) + "\n")
+    out.flush()
+    return 0
+
+
 def cmd_generate(llm: Client, a) -> int:
+    if a.file is not None:
+        if a.prompt is not None or a.interactive or a.stream:
+            print("generate: --file takes no prompt, --interactive or --stream", file=sys.stderr)
+            return 2
+        return cmd_generate_file(llm, a)
     if a.interactive:
         return interactive(llm, a)
     if a.prompt is None:
@@ -230,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="?")
     g.add_argument("--stream", action="store_true", help="print tokens as they arrive")
     g.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line")
+    g.add_argument("--file", help="prompts, one per line (- for stdin): a completion per line on "
+                                  "stdout, newlines in it as \\n; decoded together (llm_generate_batch)")
+    g.add_argument("--chunk-size", type=int, default=256,
+                   help="prompts per llm_generate_batch call with --file (default 256)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar with --file")
     _generation_args(g)
 
     b = sub.add_parser("beam", help="beam search")

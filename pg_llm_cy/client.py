@@ -1,5 +1,5 @@
 """A psycopg 3 client for pg_llm: generation (whole, streamed, beam search),
-tokenizer, logits, training with live progress.  Everything runs in the
+batched generation, tokenizer, logits, training with live progress.  Everything runs in the
 database; this only calls SQL.
 
     >>> from pg_llm_cy.client import Client
@@ -7,6 +7,7 @@ database; this only calls SQL.
     >>> llm.generate("Once upon a time", max_tokens=20, temperature=0)
     >>> for ev in llm.stream("Once upon a time"):
     ...     print(ev.token, end="", flush=True)
+    >>> llm.generate_batch(["Once upon a time", "ROMEO:"], max_tokens=20)
 """
 from __future__ import annotations
 
@@ -81,6 +82,9 @@ def parse_train_notice(message: str) -> Optional[TrainProgress]:
 GENERATE_ARGS = ("prompt", "max_tokens", "temperature", "topk", "topp", "model",
                  "eos_token", "seed", "repetition_penalty", "stop")
 
+# the most prompts one llm_generate_batch call takes (the server's bound)
+BATCH_MAX_PROMPTS = 1_000_000
+
 
 def default_dsn() -> str:
     """PG_LLM_DSN, else libpq's environment (PGHOST, PGDATABASE, ...)."""
@@ -126,7 +130,9 @@ class Client:
         return (prompt, max_tokens, float(temperature), topk, float(topp), model, eos_token, seed,
                 float(repetition_penalty), list(stop) if stop is not None else None, bool(truncate))
 
-    _GEN_SQL = ("%s, %s, %s::float8, %s, %s::float8, %s, %s, %s, %s::float8, %s::text[], %s")
+    # llm_generate's arguments after the prompt, and with it
+    _GEN_OPTS_SQL = "%s, %s::float8, %s, %s::float8, %s, %s, %s, %s::float8, %s::text[], %s"
+    _GEN_SQL = "%s, " + _GEN_OPTS_SQL
 
     # -- generation -------------------------------------------------------
     def generate(self, prompt: str, max_tokens: int = 64, temperature: float = 1.0, topk: int = 50,
@@ -138,6 +144,31 @@ class Client:
         params = self._gen_params(prompt, max_tokens, temperature, topk, topp, self._model(model),
                                   eos_token, seed, repetition_penalty, stop, truncate)
         return self.conn.execute(f"SELECT llm_generate({self._GEN_SQL})", params).fetchone()[0]
+
+    def generate_batch(self, prompts: Sequence[str], max_tokens: int = 64, temperature: float = 1.0,
+                       topk: int = 50, topp: float = 0.95, model: Optional[str] = None,
+                       eos_token: Optional[int] = None, seed: Optional[int] = None,
+                       repetition_penalty: float = 1.0, stop: Optional[Sequence[str]] = None,
+                       truncate: bool = False, chunk_size: int = BATCH_MAX_PROMPTS,
+                       progress: Optional[Callable[[int, int], None]] = None) -> list:
+        """generate() of every prompt, decoded together on the server
+        (llm_generate_batch): the completions, in prompt order.  Each equals
+        generate()'s with the same arguments.  Calls of at most chunk_size
+        prompts; progress(done, total) is called after each."""
+        if not 1 <= chunk_size <= BATCH_MAX_PROMPTS:
+            raise ValueError(f"chunk_size must lie in [1, {BATCH_MAX_PROMPTS}], got {chunk_size}")
+        prompts = list(prompts)
+        out = []
+        for start in range(0, len(prompts), chunk_size):
+            chunk = prompts[start:start + chunk_size]
+            params = self._gen_params(chunk, max_tokens, temperature, topk, topp, self._model(model),
+                                      eos_token, seed, repetition_penalty, stop, truncate)
+            rows = self.conn.execute("SELECT ord, completion FROM llm_generate_batch("
+                                     f"%s::text[], {self._GEN_OPTS_SQL}) ORDER BY ord", params).fetchall()
+            out.extend(r[1] for r in rows)
+            if progress is not None:
+                progress(len(out), len(prompts))
+        return out
 
     def stream(self, prompt: str, max_tokens: int = 64, temperature: float = 1.0, topk: int = 50,
                topp: float = 0.95, model: Optional[str] = None, eos_token: Optional[int] = None,

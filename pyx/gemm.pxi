@@ -42,7 +42,8 @@
 # ((64x768)@(768x50257)): 65 GFLOP/s with B packed, 84 in place + prefetch.
 #
 # Few rows (M <= SMALL_M, e.g. one decoded token): memory-bound, so B is
-# streamed once in its own order: dot products over B's rows when op(B)=B^T,
+# streamed once in its own order: the row-invariant dot products over B's
+# rows when op(B)=B^T (also pgllm_gemm_rowinv, for batched decoding at any M),
 # else fixed row chunks of B into partial sums added in chunk order.
 
 ctypedef void (*micro_fn)(int64_t kc, const float *L, int64_t l_rs, int64_t l_cs,
@@ -382,29 +383,204 @@ cdef inline void _store_few(float *c, float v, const float *bias, int64_t j,
         c[0] = v
 
 
-cdef inline void _few_rows_bt_rows(int64_t M, int64_t K, const float *A, const float *B,
-                                   int64_t ldb, float *C, int64_t ldc, const float *bias,
-                                   int accumulate, int64_t j0, int64_t j1) noexcept nogil:
-    cdef int64_t i, j
-    for j in range(j0, j1):
-        for i in range(M):
-            _store_few(C + i * ldc + j, _dot(A + i * K, B + j * ldb, K), bias, j, accumulate)
+# ---------------------------------------------------------------------------
+# Row-invariant A @ B^T (decoding: one row per sequence)
+#
+# Every output element is the same 8-lane dot product, whatever M, the row's
+# place in A and the thread count: lanes l = 0..7 sum x[k] * w[k] over
+# k = l (mod 8) in k order, the lanes are then added in lane order, and the
+# K % 8 tail last.  So a sequence decoded beside others (llm_generate_batch)
+# gets bit-identical logits to the same sequence decoded alone (M = 1).
+#
+# Tiles: 3 rows of A x 4 rows of B (12 vector accumulators, 7 loads per 12
+# FMAs) while 3 rows remain, then 1 x 4; B's rows past N are clamped to the
+# last one and their results dropped, so edges use the same arithmetic.
+# Parallel strategy: tasks of ROWS_BLOCK consecutive rows of B (output
+# columns); each streams its slab of B once per 3 rows of A.
+# ---------------------------------------------------------------------------
+cdef enum:
+    DOT_LANES = 8
+    TILE_A = 3          # rows of A per tile
+    TILE_B = 4          # rows of B (output columns) per tile
+    ROWS_BLOCK = 64     # rows of B per parallel task
 
 
-cdef int _few_rows_bt(int64_t M, int64_t N, int64_t K, const float *A, const float *B,
-                      int64_t ldb, float *C, int64_t ldc, const float *bias, int accumulate,
-                      const int *cancel) noexcept nogil:
-    """C[i, j] = dot(A[i], B[j]): B's rows are streamed once, in order (a
-    contiguous dot product reaches the streaming bandwidth; four rows at once
-    measured half of it)."""
-    cdef int64_t nq = (N + 255) // 256
+cdef inline float _dot_lanes_finish(const float *acc, const float *x, const float *w,
+                                    int64_t k0, int64_t K) noexcept nogil:
+    cdef float s = 0.0
+    cdef int l
+    cdef int64_t k
+    for l in range(DOT_LANES):
+        s = s + acc[l]
+    for k in range(k0, K):
+        s = s + x[k] * w[k]
+    return s
+
+
+cdef float pgllm_dot_rowinv_reference(const float *x, const float *w, int64_t K) noexcept nogil:
+    """The element every row-invariant kernel computes, written plainly."""
+    cdef float acc[DOT_LANES]
+    cdef int64_t k
+    cdef int64_t kv = K - K % DOT_LANES
+    cdef int l
+    for l in range(DOT_LANES):
+        acc[l] = 0.0
+    for k in range(kv):
+        acc[k % DOT_LANES] = acc[k % DOT_LANES] + x[k] * w[k]
+    return _dot_lanes_finish(acc, x, w, kv, K)
+
+
+cdef extern from *:
+    # The tiles' k loops, with GCC's vector extension: one 8-float vector
+    # accumulator per element is exactly the 8 lanes of the element's
+    # definition (plain loops over the lanes vectorised poorly here, 5 GFLOP/s).
+    """
+    typedef float pgllm_v8 __attribute__((vector_size(32)));
+    /* unaligned, may alias float: how GCC loads and stores a vector anywhere */
+    typedef float pgllm_v8u __attribute__((vector_size(32), aligned(4), may_alias));
+    #define pgllm_v8_load(p) (*(const pgllm_v8u *) (p))
+    #define pgllm_v8_store(p, v) (*(pgllm_v8u *) (p) = (v))
+
+    /* acc[(i*4 + j)*8 + l] = sum of x_i[k] * w_j[k] over k < kv, k = l (mod 8) */
+    static inline void pgllm_rowinv_lanes3(const float *x0, const float *x1, const float *x2,
+                                           const float *const *w, int64_t kv, float *acc)
+    {
+        pgllm_v8 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0};
+        pgllm_v8 a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
+        pgllm_v8 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0};
+        const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+        for (int64_t p = 0; p < kv; p += 8)
+        {
+            pgllm_v8 v0 = pgllm_v8_load(x0 + p), v1 = pgllm_v8_load(x1 + p),
+                     v2 = pgllm_v8_load(x2 + p), u;
+            u = pgllm_v8_load(w0 + p); a00 += v0 * u; a10 += v1 * u; a20 += v2 * u;
+            u = pgllm_v8_load(w1 + p); a01 += v0 * u; a11 += v1 * u; a21 += v2 * u;
+            u = pgllm_v8_load(w2 + p); a02 += v0 * u; a12 += v1 * u; a22 += v2 * u;
+            u = pgllm_v8_load(w3 + p); a03 += v0 * u; a13 += v1 * u; a23 += v2 * u;
+        }
+        pgllm_v8_store(acc + 0, a00); pgllm_v8_store(acc + 8, a01);
+        pgllm_v8_store(acc + 16, a02); pgllm_v8_store(acc + 24, a03);
+        pgllm_v8_store(acc + 32, a10); pgllm_v8_store(acc + 40, a11);
+        pgllm_v8_store(acc + 48, a12); pgllm_v8_store(acc + 56, a13);
+        pgllm_v8_store(acc + 64, a20); pgllm_v8_store(acc + 72, a21);
+        pgllm_v8_store(acc + 80, a22); pgllm_v8_store(acc + 88, a23);
+    }
+
+    /* acc[j*8 + l], one row of A (M = 1: the decode GEMV) */
+    static inline void pgllm_rowinv_lanes1(const float *x, const float *const *w, int64_t kv,
+                                           float *acc)
+    {
+        pgllm_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+        for (int64_t p = 0; p < kv; p += 8)
+        {
+            pgllm_v8 v = pgllm_v8_load(x + p);
+            a0 += v * pgllm_v8_load(w0 + p);
+            a1 += v * pgllm_v8_load(w1 + p);
+            a2 += v * pgllm_v8_load(w2 + p);
+            a3 += v * pgllm_v8_load(w3 + p);
+        }
+        pgllm_v8_store(acc + 0, a0); pgllm_v8_store(acc + 8, a1);
+        pgllm_v8_store(acc + 16, a2); pgllm_v8_store(acc + 24, a3);
+    }
+    """
+    void pgllm_rowinv_lanes3(const float *x0, const float *x1, const float *x2,
+                             const float **w, int64_t kv, float *acc) nogil
+    void pgllm_rowinv_lanes1(const float *x, const float **w, int64_t kv, float *acc) nogil
+
+
+cdef void _rowinv_tile3(const float *x0, const float *x1, const float *x2,
+                        const float **w, int64_t K, float *out) noexcept nogil:
+    """out[i * TILE_B + j] = dot(x_i, w[j]) for 3 rows x 4 columns."""
+    cdef float acc[TILE_A * TILE_B * DOT_LANES]
+    cdef const float *xs[TILE_A]
+    cdef int64_t kv = K - K % DOT_LANES
+    cdef int i, j
+    xs[0] = x0
+    xs[1] = x1
+    xs[2] = x2
+    pgllm_rowinv_lanes3(x0, x1, x2, w, kv, acc)
+    for i in range(TILE_A):
+        for j in range(TILE_B):
+            out[i * TILE_B + j] = _dot_lanes_finish(acc + (i * TILE_B + j) * DOT_LANES,
+                                                    xs[i], w[j], kv, K)
+
+
+cdef void _rowinv_tile1(const float *x, const float **w, int64_t K, float *out) noexcept nogil:
+    """out[j] = dot(x, w[j]) for 1 row x 4 columns."""
+    cdef float acc[TILE_B * DOT_LANES]
+    cdef int64_t kv = K - K % DOT_LANES
+    cdef int j
+    pgllm_rowinv_lanes1(x, w, kv, acc)
+    for j in range(TILE_B):
+        out[j] = _dot_lanes_finish(acc + j * DOT_LANES, x, w[j], kv, K)
+
+
+cdef void _rowinv_block(int64_t M, int64_t K, const float *A, const float *B, int64_t ldb,
+                        float *C, int64_t ldc, const float *bias, int accumulate,
+                        int64_t j0, int64_t j1) noexcept nogil:
+    cdef const float *w[TILE_B]
+    cdef float out[TILE_A * TILE_B]
+    cdef int64_t i, j, jj, ncols
+    cdef int t, r
+    j = j0
+    while j < j1:
+        ncols = min(<int64_t> TILE_B, j1 - j)
+        for t in range(TILE_B):
+            w[t] = B + min(j + t, j1 - 1) * ldb
+        i = 0
+        while i + TILE_A <= M:
+            _rowinv_tile3(A + i * K, A + (i + 1) * K, A + (i + 2) * K, w, K, out)
+            for r in range(TILE_A):
+                for jj in range(ncols):
+                    _store_few(C + (i + r) * ldc + j + jj, out[r * TILE_B + jj], bias, j + jj,
+                               accumulate)
+            i = i + TILE_A
+        while i < M:
+            _rowinv_tile1(A + i * K, w, K, out)
+            for jj in range(ncols):
+                _store_few(C + i * ldc + j + jj, out[jj], bias, j + jj, accumulate)
+            i = i + 1
+        j = j + TILE_B
+
+
+cdef int _rowinv_bt(int64_t M, int64_t N, int64_t K, const float *A, const float *B,
+                    int64_t ldb, float *C, int64_t ldc, const float *bias, int accumulate,
+                    const int *cancel) noexcept nogil:
+    cdef int64_t nq = (N + ROWS_BLOCK - 1) // ROWS_BLOCK
     cdef int64_t q
     for q in prange(nq, num_threads=_threads_for(N * K // 4), schedule='static'):
         if PGLLM_CANCELLED(cancel):
             continue
-        _few_rows_bt_rows(M, K, A, B, ldb, C, ldc, bias, accumulate, q * 256,
-                          min(q * 256 + 256, N))
+        _rowinv_block(M, K, A, B, ldb, C, ldc, bias, accumulate, q * ROWS_BLOCK,
+                      min(q * ROWS_BLOCK + ROWS_BLOCK, N))
     return _status(cancel)
+
+
+cdef public int pgllm_gemm_rowinv(int64_t M, int64_t N, int64_t K, const float *A,
+                                  int64_t lda, const float *B, int64_t ldb, float *C,
+                                  int64_t ldc, const float *bias, int accumulate,
+                                  const int *cancel) noexcept nogil:
+    """C[i, j] [+]= dot(A[i], B[j]) (+ bias[j]) for any M, each element as
+    pgllm_dot_rowinv_reference computes it.  pgllm_gemm takes this path for
+    A @ B^T with M <= SMALL_M, so a batch of decoded rows equals its rows
+    decoded one by one."""
+    cdef float *Acopy = NULL
+    cdef const float *Arows = A
+    cdef int64_t i
+    cdef int rc
+    if M <= 0 or N <= 0:
+        return PGLLM_OK
+    if lda != K:
+        Acopy = _alloc_floats(M * K)
+        if Acopy == NULL:
+            return PGLLM_ENOMEM
+        for i in range(M):
+            memcpy(Acopy + i * K, A + i * lda, K * sizeof(float))
+        Arows = Acopy
+    rc = _rowinv_bt(M, N, K, Arows, B, ldb, C, ldc, bias, accumulate, cancel)
+    free(Acopy)
+    return rc
 
 
 cdef void _few_rows_task(int64_t M, int64_t N, int64_t K, const float *A, const float *B,
@@ -502,7 +678,7 @@ cdef int _gemm_few_rows(int transA, int transB, int64_t M, int64_t N, int64_t K,
                 Acopy[i * K + k] = A[k * lda + i] if transA else A[i * lda + k]
         Arows = Acopy
     if transB:
-        rc = _few_rows_bt(M, N, K, Arows, B, ldb, C, ldc, bias, accumulate, cancel)
+        rc = _rowinv_bt(M, N, K, Arows, B, ldb, C, ldc, bias, accumulate, cancel)
     else:
         rc = _few_rows_nn(M, N, K, Arows, B, ldb, C, ldc, bias, accumulate, cancel)
     free(Acopy)
@@ -685,4 +861,33 @@ def gemm(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C,
                             &A[0, 0] if A.shape[0] * A.shape[1] else NULL, A.shape[1],
                             &B[0, 0] if B.shape[0] * B.shape[1] else NULL, B.shape[1],
                             &C[0, 0], C.shape[1], pbias, accumulate, NULL)
+    _check_status(rc)
+
+
+def gemm_rowinv(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C,
+                const float[::1] bias=None, bint accumulate=False, bint reference=False):
+    """C [+]= A @ B.T [+ bias], each element the row-invariant dot product
+    (equal for any number of rows); reference: the plain per-element loop."""
+    cdef int64_t M = A.shape[0], K = A.shape[1], N = B.shape[0]
+    cdef const float *pbias = NULL
+    cdef int64_t i, j
+    cdef float v
+    cdef int rc = PGLLM_OK
+    if B.shape[1] != K or C.shape[0] != M or C.shape[1] != N:
+        raise ValueError(f"gemm_rowinv shapes: A ({M},{K}) @ B.T ({B.shape[1]},{N}) -> C {C.shape[0], C.shape[1]}")
+    if bias is not None:
+        if bias.shape[0] != N:
+            raise ValueError("gemm_rowinv: bias length must equal N")
+        pbias = &bias[0] if N > 0 else NULL
+    if M == 0 or N == 0 or K == 0:
+        raise ValueError("gemm_rowinv: empty operands")
+    with nogil:
+        if reference:
+            for i in range(M):
+                for j in range(N):
+                    v = pgllm_dot_rowinv_reference(&A[i, 0], &B[j, 0], K)
+                    _store_few(&C[i, j], v, pbias, j, accumulate)
+        else:
+            rc = pgllm_gemm_rowinv(M, N, K, &A[0, 0], K, &B[0, 0], K, &C[0, 0], N, pbias,
+                                   accumulate, NULL)
     _check_status(rc)

@@ -270,6 +270,51 @@ cdef int _attention_cached(const PgllmGPT2Config *cfg, const float *qkv, const f
     return _status(cancel)
 
 
+cdef inline int _linear(int rowinv, int64_t rows, int64_t N, int64_t K, const float *x,
+                        const float *W, const float *bias, float *out, int accumulate,
+                        const int *cancel) noexcept nogil:
+    """out (rows, N) [+]= x (rows, K) @ W^T + bias; W (N, K).  rowinv: each row
+    exactly as if it were alone (batched decoding)."""
+    if rowinv:
+        return pgllm_gemm_rowinv(rows, N, K, x, K, W, K, out, N, bias, accumulate, cancel)
+    return pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS, rows, N, K, x, K, W, K, out, N, bias,
+                      accumulate, cancel)
+
+
+cdef int _block_qkv(const PgllmGPT2Config *cfg, const Params *p, int64_t l, int64_t rows,
+                    const float *x, float *xn, float *qkv, int rowinv,
+                    const int *cancel) noexcept nogil:
+    """qkv (rows, 3C) = ln_1(x) @ W_qkv^T + b: the attention block's input."""
+    cdef int64_t C = cfg.n_embd
+    cdef int rc = pgllm_layernorm_forward(x, p.t[PGLLM_P_LN1W] + l * C, p.t[PGLLM_P_LN1B] + l * C,
+                                          xn, NULL, NULL, rows, C, cfg.eps, cancel)
+    if rc == PGLLM_OK:
+        rc = _linear(rowinv, rows, 3 * C, C, xn, p.t[PGLLM_P_QKVW] + l * 3 * C * C,
+                     p.t[PGLLM_P_QKVB] + l * 3 * C, qkv, PGLLM_OVERWRITE, cancel)
+    return rc
+
+
+cdef int _block_rest(const PgllmGPT2Config *cfg, const Params *p, int64_t l, int64_t rows,
+                     float *x, float *xn, const float *att, float *hmlp, int rowinv,
+                     const int *cancel) noexcept nogil:
+    """x += proj(att); x += mlp(ln_2(x)): the block after attention."""
+    cdef int64_t C = cfg.n_embd
+    cdef int rc = _linear(rowinv, rows, C, C, att, p.t[PGLLM_P_ATTPROJW] + l * C * C,
+                          p.t[PGLLM_P_ATTPROJB] + l * C, x, PGLLM_ACCUMULATE, cancel)
+    if rc == PGLLM_OK:
+        rc = pgllm_layernorm_forward(x, p.t[PGLLM_P_LN2W] + l * C, p.t[PGLLM_P_LN2B] + l * C,
+                                     xn, NULL, NULL, rows, C, cfg.eps, cancel)
+    if rc == PGLLM_OK:
+        rc = _linear(rowinv, rows, 4 * C, C, xn, p.t[PGLLM_P_FCW] + l * 4 * C * C,
+                     p.t[PGLLM_P_FCB] + l * 4 * C, hmlp, PGLLM_OVERWRITE, cancel)
+    if rc == PGLLM_OK:
+        rc = pgllm_gelu_forward(hmlp, hmlp, rows * 4 * C, cancel)
+    if rc == PGLLM_OK:
+        rc = _linear(rowinv, rows, C, 4 * C, hmlp, p.t[PGLLM_P_FCPROJW] + l * 4 * C * C,
+                     p.t[PGLLM_P_FCPROJB] + l * C, x, PGLLM_ACCUMULATE, cancel)
+    return rc
+
+
 cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const float *params,
                                           const int32_t *tokens, int64_t B, int64_t Tn,
                                           int64_t past, float *kv, int64_t kv_cap,
@@ -307,13 +352,7 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
         if PGLLM_CANCELLED(cancel):
             return PGLLM_INTERRUPTED
         kv_l = kv + l * 2 * kv_cap * C
-        # attention block: x += attn(ln_1(x))
-        rc = pgllm_layernorm_forward(x, p.t[PGLLM_P_LN1W] + l * C, p.t[PGLLM_P_LN1B] + l * C,
-                                     xn, NULL, NULL, BT, C, cfg.eps, cancel)
-        if rc == PGLLM_OK:
-            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
-                            BT, 3 * C, C, xn, C, p.t[PGLLM_P_QKVW] + l * 3 * C * C, C,
-                            qkv, 3 * C, p.t[PGLLM_P_QKVB] + l * 3 * C, PGLLM_OVERWRITE, cancel)
+        rc = _block_qkv(cfg, &p, l, BT, x, xn, qkv, 0, cancel)
         if rc != PGLLM_OK:
             return rc
         for b in range(B):
@@ -324,23 +363,7 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
                 memcpy(vdst, qkv + (b * Tn + t) * 3 * C + 2 * C, C * sizeof(float))
         rc = _attention_cached(cfg, qkv, kv_l, B, Tn, past, kv_cap, layer_stride, att, cancel)
         if rc == PGLLM_OK:
-            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
-                            BT, C, C, att, C, p.t[PGLLM_P_ATTPROJW] + l * C * C, C,
-                            x, C, p.t[PGLLM_P_ATTPROJB] + l * C, PGLLM_ACCUMULATE, cancel)
-        # MLP block: x += proj(gelu(fc(ln_2(x))))
-        if rc == PGLLM_OK:
-            rc = pgllm_layernorm_forward(x, p.t[PGLLM_P_LN2W] + l * C, p.t[PGLLM_P_LN2B] + l * C,
-                                         xn, NULL, NULL, BT, C, cfg.eps, cancel)
-        if rc == PGLLM_OK:
-            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
-                            BT, 4 * C, C, xn, C, p.t[PGLLM_P_FCW] + l * 4 * C * C, C,
-                            hmlp, 4 * C, p.t[PGLLM_P_FCB] + l * 4 * C, PGLLM_OVERWRITE, cancel)
-        if rc == PGLLM_OK:
-            rc = pgllm_gelu_forward(hmlp, hmlp, BT * 4 * C, cancel)
-        if rc == PGLLM_OK:
-            rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
-                            BT, C, 4 * C, hmlp, 4 * C, p.t[PGLLM_P_FCPROJW] + l * 4 * C * C,
-                            4 * C, x, C, p.t[PGLLM_P_FCPROJB] + l * C, PGLLM_ACCUMULATE, cancel)
+            rc = _block_rest(cfg, &p, l, BT, x, xn, att, hmlp, 0, cancel)
         if rc != PGLLM_OK:
             return rc
 
@@ -356,8 +379,105 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
                                          p.t[PGLLM_P_LNFB], xn + b * C, NULL, NULL, 1, C,
                                          cfg.eps, cancel)
     if rc == PGLLM_OK:
-        rc = pgllm_gemm(PGLLM_NO_TRANS, PGLLM_TRANS,
-                        rows, V, C, xn, C, p.t[PGLLM_P_WTE], C, logits, V, NULL, PGLLM_OVERWRITE, cancel)
+        rc = _linear(0, rows, V, C, xn, p.t[PGLLM_P_WTE], NULL, logits, PGLLM_OVERWRITE, cancel)
+    return rc
+
+
+cdef int _attention_rows(const PgllmGPT2Config *cfg, const float *qkv, const float *kv_l,
+                         const int64_t *slots, const int64_t *positions, int64_t n,
+                         int64_t kv_cap, int64_t layer_stride, float *out,
+                         const int *cancel) noexcept nogil:
+    """Row r (one new token of the sequence in slot slots[r], at position
+    positions[r]) attends over that slot's cache, positions 0..positions[r]."""
+    cdef int64_t C = cfg.n_embd, NH = cfg.n_head
+    cdef int64_t hs = C // NH
+    cdef int64_t nunits = n * NH
+    cdef int64_t u, r, h, span = 0
+    cdef float *scores = NULL
+    cdef const float *kb
+    cdef int failed = 0
+    cdef int *pfailed = &failed
+    cdef int nt
+    for r in range(n):
+        span = max(span, positions[r] + 1)
+    nt = <int> min(<int64_t> _threads_for(nunits * span * hs * 4), nunits)
+    with parallel(num_threads=nt):
+        scores = _alloc_floats(span)
+        for u in prange(nunits, schedule='static'):
+            if scores == NULL:
+                pfailed[0] = 1
+                continue
+            if PGLLM_CANCELLED(cancel):
+                continue
+            r = u // NH
+            h = u % NH
+            kb = kv_l + slots[r] * layer_stride
+            _attend_cached(qkv + r * 3 * C + h * hs, kb + h * hs, kb + kv_cap * C + h * hs,
+                           positions[r] + 1, C, hs, scores, out + r * C + h * hs)
+        free(scores)
+    if failed:
+        return PGLLM_ENOMEM
+    return _status(cancel)
+
+
+cdef public int pgllm_gpt2_forward_rows(const PgllmGPT2Config *cfg, const float *params,
+                                        const int32_t *tokens, const int64_t *slots,
+                                        const int64_t *positions, int64_t n, float *kv,
+                                        int64_t kv_cap, float *work, float *logits,
+                                        const int *cancel) noexcept nogil:
+    """One decoding step of a batch: row r is token tokens[r] of the sequence
+    in KV slot slots[r] (slots distinct, L*2*kv_cap*C floats apart in kv) at
+    position positions[r] < kv_cap; that slot's cache holds the positions
+    before it.  logits (n, V).  Every operation is per row and the GEMMs are
+    row-invariant, so row r's logits are bit-identical to those of
+    pgllm_gpt2_forward_cached over the same sequence alone (B = 1, Tn = 1).
+    work: pgllm_gpt2_work_floats(cfg, n, 1) floats."""
+    cdef int64_t C = cfg.n_embd, V = cfg.vocab, L = cfg.n_layer
+    cdef int64_t layer_stride = L * 2 * kv_cap * C
+    cdef int64_t r, l, i
+    cdef Params p
+    cdef float *x = work                # (n, C) residual stream
+    cdef float *xn = x + n * C          # (n, C) layernorm output
+    cdef float *att = xn + n * C        # (n, C) attention output
+    cdef float *qkv = att + n * C       # (n, 3C)
+    cdef float *hmlp = qkv + n * 3 * C  # (n, 4C)
+    cdef float *kv_l
+    cdef const float *e
+    cdef const float *pe
+    cdef float *xr
+    cdef float *kdst
+    cdef int rc = PGLLM_OK
+    _param_pointers(cfg, params, &p)
+
+    for r in range(n):
+        e = p.t[PGLLM_P_WTE] + tokens[r] * C
+        pe = p.t[PGLLM_P_WPE] + positions[r] * C
+        xr = x + r * C
+        for i in range(C):
+            xr[i] = e[i] + pe[i]
+
+    for l in range(L):
+        if PGLLM_CANCELLED(cancel):
+            return PGLLM_INTERRUPTED
+        kv_l = kv + l * 2 * kv_cap * C
+        rc = _block_qkv(cfg, &p, l, n, x, xn, qkv, 1, cancel)
+        if rc != PGLLM_OK:
+            return rc
+        for r in range(n):
+            kdst = kv_l + slots[r] * layer_stride + positions[r] * C
+            memcpy(kdst, qkv + r * 3 * C + C, C * sizeof(float))
+            memcpy(kdst + kv_cap * C, qkv + r * 3 * C + 2 * C, C * sizeof(float))
+        rc = _attention_rows(cfg, qkv, kv_l, slots, positions, n, kv_cap, layer_stride, att,
+                             cancel)
+        if rc == PGLLM_OK:
+            rc = _block_rest(cfg, &p, l, n, x, xn, att, hmlp, 1, cancel)
+        if rc != PGLLM_OK:
+            return rc
+
+    rc = pgllm_layernorm_forward(x, p.t[PGLLM_P_LNFW], p.t[PGLLM_P_LNFB], xn, NULL, NULL, n, C,
+                                 cfg.eps, cancel)
+    if rc == PGLLM_OK:
+        rc = _linear(1, n, V, C, xn, p.t[PGLLM_P_WTE], NULL, logits, PGLLM_OVERWRITE, cancel)
     return rc
 
 
@@ -440,4 +560,41 @@ def gpt2_forward_cached(const float[::1] params, tuple config, const int[::1] to
         rc = pgllm_gpt2_forward_cached(&c, &params[0], <const int32_t *> &tokens[0], B, Tn,
                                        past, &kv[0], kv_cap, &work[0], &logits[0],
                                        all_positions, NULL)
+    _check_status(rc)
+
+
+def gpt2_forward_rows(const float[::1] params, tuple config, const int[::1] tokens,
+                      const int64_t[::1] slots, const int64_t[::1] positions, float[::1] kv,
+                      int64_t kv_cap, float[::1] logits):
+    """One batched decoding step (see pgllm_gpt2_forward_rows): kv holds
+    kv.shape[0] // (n_layer*2*kv_cap*n_embd) slots; logits (n, vocab)."""
+    cdef PgllmGPT2Config c = _config(*config)
+    cdef int64_t sizes[PGLLM_NUM_PARAM_TENSORS]
+    cdef int64_t n = tokens.shape[0], per_slot, nslots
+    cdef float[::1] work
+    cdef int rc
+    cdef Py_ssize_t r, q
+    import numpy as np
+    if params.shape[0] != pgllm_gpt2_param_sizes(&c, sizes):
+        raise ValueError("gpt2_forward_rows: wrong parameter buffer size")
+    per_slot = c.n_layer * 2 * kv_cap * c.n_embd
+    if n < 1 or slots.shape[0] != n or positions.shape[0] != n or kv_cap > c.n_positions:
+        raise ValueError("gpt2_forward_rows: tokens / slots / positions")
+    if kv.shape[0] % per_slot != 0:
+        raise ValueError("gpt2_forward_rows: kv cache size")
+    nslots = kv.shape[0] // per_slot
+    if logits.shape[0] != n * c.vocab:
+        raise ValueError("gpt2_forward_rows: logits size")
+    for r in range(n):
+        if tokens[r] < 0 or tokens[r] >= c.vocab:
+            raise ValueError("gpt2_forward_rows: token id out of range")
+        if slots[r] < 0 or slots[r] >= nslots or positions[r] < 0 or positions[r] >= kv_cap:
+            raise ValueError("gpt2_forward_rows: slot or position out of range")
+        for q in range(r):
+            if slots[q] == slots[r]:
+                raise ValueError("gpt2_forward_rows: slots must be distinct")
+    work = np.empty(pgllm_gpt2_work_floats(&c, n, 1), np.float32)
+    with nogil:
+        rc = pgllm_gpt2_forward_rows(&c, &params[0], <const int32_t *> &tokens[0], &slots[0],
+                                     &positions[0], n, &kv[0], kv_cap, &work[0], &logits[0], NULL)
     _check_status(rc)

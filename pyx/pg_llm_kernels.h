@@ -75,6 +75,11 @@ int		pgllm_gemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
 				   const float *A, int64_t lda, const float *B, int64_t ldb,
 				   float *C, int64_t ldc, const float *bias, int accumulate,
 				   const int *cancel);
+/* C[i, j] [+]= dot(A[i], B[j]) (+ bias[j]) with each element computed the same
+ * way whatever M (row-invariant: batched decoding equals single decoding) */
+int		pgllm_gemm_rowinv(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+						  const float *B, int64_t ldb, float *C, int64_t ldc,
+						  const float *bias, int accumulate, const int *cancel);
 /* the same product with the plain triple loop (reference, tests) */
 int		pgllm_gemm_reference(int transA, int transB, int64_t M, int64_t N, int64_t K,
 							 const float *A, int64_t lda, const float *B, int64_t ldb,
@@ -235,6 +240,16 @@ int		pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const float *params,
 									  int64_t past, float *kv, int64_t kv_cap,
 									  float *work, float *logits, int all_positions,
 									  const int *cancel);
+/* One decoding step of a batch of sequences of their own lengths: row r is
+ * token tokens[r] of the sequence in KV slot slots[r] (distinct slots, each
+ * (L, 2, kv_cap, C) in kv) at position positions[r]; logits (n, V).  Row r's
+ * logits are bit-identical to pgllm_gpt2_forward_cached of that sequence
+ * alone (B = 1, Tn = 1).  work: pgllm_gpt2_work_floats(cfg, n, 1) floats. */
+int		pgllm_gpt2_forward_rows(const PgllmGPT2Config *cfg, const float *params,
+									const int32_t *tokens, const int64_t *slots,
+									const int64_t *positions, int64_t n, float *kv,
+									int64_t kv_cap, float *work, float *logits,
+									const int *cancel);
 /* kv rows of sequence src[b] -> sequence b, for b < B (beam reordering);
  * scratch holds one sequence's cache */
 int		pgllm_gpt2_kv_reorder(const PgllmGPT2Config *cfg, float *kv, int64_t B,

@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Serving many sessions: the memory they hold and a new session's first call.
+"""Serving many: batched generation, the memory of many sessions, and a new
+session's first call.
 
     python scripts/bench_serve.py [--pg-config .pg/pg16/bin/pg_config]
-                                  [--sessions 1,4,8] [--shapes small,medium]
+                                  [--batches 1,4,8,16,32,64] [--sessions 1,4,8]
+                                  [--shapes small,medium]
 
 On random-weight models of GPT-2's shapes (registered as bench_small, ...),
 with 2 threads, everything in one run on a throwaway cluster:
 
+- batch throughput: generated tokens/s of llm_generate_batch over B prompts
+  of 16 tokens, 64 greedy tokens each (eos off), for each B, beside
+  llm_generate of the same prompts one after another; target: B = 32 gives
+  >= 8x the single-prompt tokens/s;
 - memory: the sum of the proportional set size (Pss, /proc/<pid>/smaps_rollup)
   of N sessions that have each generated, beside the size of the weights;
   target: at most 1.5 x the weights + 64 MB per session;
@@ -16,7 +22,6 @@ with 2 threads, everything in one run on a throwaway cluster:
   it) and warm (another backend maps the model already); target: warm
   <= 50 ms for gpt2-small.
 
-Batched generation (llm_generate_batch) is not measured: it is not built yet.
 The server must run on this machine (it reads /proc of its backends).
 """
 import argparse
@@ -93,6 +98,40 @@ def bench_memory(dsn, model, counts, out):
     return rows
 
 
+# 16 GPT-2 tokens each: a distinct start, then a common sentence
+BATCH_PROMPT = "{} said that the old house on the hill was full of light and"
+
+
+def bench_batch(dsn, model, batches, out, new_tokens=64):
+    """Generated tokens/s of llm_generate_batch for each B, and of llm_generate."""
+    names = ["Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi"]
+    with connect(dsn) as c:
+        lens = {len(c.execute("SELECT llm_encode(%s, %s)", (BATCH_PROMPT.format(n), model)).fetchone()[0])
+                for n in names}
+        prompts = [BATCH_PROMPT.format(names[i % len(names)]) + f" {i}" for i in range(max(batches))]
+        c.execute(f"SET pg_llm.max_batch_size = {max(batches)}")
+        c.execute("SELECT count(*) FROM llm_generate_batch(%s, 4, 0, model => %s)", (prompts[:2], model))
+        t = time.perf_counter()
+        for p in prompts[:4]:
+            c.execute("SELECT llm_generate(%s, %s, 0, model => %s, eos_token => -1)",
+                      (p, new_tokens, model))
+        single = 4 * new_tokens / (time.perf_counter() - t)
+        print(f"\nbatched generation with {model}: prompts of {min(lens) + 1}-{max(lens) + 2} tokens, "
+              f"{new_tokens} greedy tokens each", file=out)
+        print("B    tokens/s  vs llm_generate", file=out)
+        print(f"llm_generate {single:8.1f}  1.00x", file=out)
+        rows = []
+        for b in batches:
+            t = time.perf_counter()
+            got = c.execute("SELECT count(*) FROM llm_generate_batch(%s, %s, 0, model => %s, eos_token => -1)",
+                            (prompts[:b], new_tokens, model)).fetchone()[0]
+            rate = b * new_tokens / (time.perf_counter() - t)
+            assert got == b
+            rows.append((b, rate, rate / single))
+            print(f"B={b:<3d}       {rate:8.1f}  {rate / single:5.2f}x", file=out)
+    return single, rows
+
+
 def bench_first_call(cluster, dsn, model, out):
     logits = f"SELECT length(llm_logits('{{1,2,3}}', '{model}'))"
     generate = f"SELECT llm_generate('Hello', 1, 0, model => '{model}')"
@@ -119,6 +158,7 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=os.environ.get("PG_LLM_TEST_DATA", "data"),
                     help="the directory of gpt2/vocab.json and gpt2/merges.txt "
                          "(scripts/download_tokenizer.py fetches them)")
+    ap.add_argument("--batches", default="1,4,8,16,32,64")
     ap.add_argument("--sessions", default="1,4,8")
     ap.add_argument("--shapes", default="small,medium")
     a = ap.parse_args(argv)
@@ -130,6 +170,8 @@ def main(argv=None):
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("CREATE EXTENSION pg_llm")
         setup_models(dsn, shapes, a.data_dir)
+        if a.batches:
+            bench_batch(dsn, f"bench_{shapes[0]}", [int(b) for b in a.batches.split(",")], out)
         bench_memory(dsn, f"bench_{shapes[0]}", [int(n) for n in a.sessions.split(",")], out)
         print("\nfirst call of a new session, ms (cold: first backend of a fresh server, no cache file;"
               " warm: another backend maps the model; best of 5)", file=out)

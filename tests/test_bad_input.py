@@ -68,6 +68,10 @@ CALLS = {
     ("llm_generate_stream", ("text", "integer", "double precision", "integer", "double precision", "text",
                              "integer", "integer", "double precision", "text[]", "boolean")):
         (["'Hello'", "4", "0.8", "10", "0.9", M, "-1", "1", "1.1", "ARRAY['zzz']", "true"], None),
+    ("llm_generate_batch", ("text[]", "integer", "double precision", "integer", "double precision", "text",
+                            "integer", "integer", "double precision", "text[]", "boolean")):
+        (["ARRAY['Hello', 'The cat']", "4", "0.8", "10", "0.9", M, "-1", "1", "1.1", "ARRAY['zzz']", "true"],
+         None),
     ("llm_gradients", ("text", "integer[]", "integer[]")): ([M, "'{1,2,3}'::int[]", "'{2,3,4}'::int[]"], None),
     ("llm_logits", ("integer[]", "text")): (["'{1,2,3}'::int[]", M], None),
     ("llm_loss", ("text", "integer[]", "integer[]")): ([M, "'{1,2,3}'::int[]", "'{2,3,4}'::int[]"], None),

@@ -1,5 +1,6 @@
 """The Python client and the command line, against a real server."""
 import os
+import re
 import subprocess
 import sys
 
@@ -65,6 +66,41 @@ def test_cli_generate(pg_dsn, llm):
     r = run_cli(pg_dsn, "generate", "Once upon", "--model", "cli", "--max-tokens", "6", "--temperature", "0",
                 "--stream")
     assert r.returncode == 0 and r.stdout == want + "\n"
+
+
+def test_generate_batch(llm):
+    prompts = ["Once upon", "The king said", "A"]
+    want = [llm.generate(p, max_tokens=7, temperature=0) for p in prompts]
+    assert llm.generate_batch(prompts, max_tokens=7, temperature=0) == want
+    seen = []
+    got = llm.generate_batch(prompts * 3, max_tokens=5, temperature=0.8, seed=4, chunk_size=2,
+                             progress=lambda done, total: seen.append((done, total)))
+    assert got == [llm.generate(p, max_tokens=5, temperature=0.8, seed=4) for p in prompts * 3]
+    assert seen == [(2, 9), (4, 9), (6, 9), (8, 9), (9, 9)]
+    assert llm.generate_batch([]) == []
+    with pytest.raises(ValueError, match="chunk_size"):
+        llm.generate_batch(prompts, chunk_size=0)
+
+
+def test_cli_generate_file(pg_dsn, llm, tmp_path):
+    prompts = ["Once upon", "", "The king said", "ROMEO:"]
+    f = tmp_path / "prompts.txt"
+    f.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    want = [llm.generate(p, max_tokens=12, temperature=0) if p else "" for p in prompts]
+    r = run_cli(pg_dsn, "generate", "--file", str(f), "--model", "cli", "--max-tokens", "12",
+                "--temperature", "0", "--chunk-size", "2")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert lines[-1] == "" and len(lines) == len(prompts) + 1
+    unescape = {"\\\\": "\\", "\\n": "\n", "\\r": "\r"}
+    got = [re.sub(r"\\\\|\\n|\\r", lambda m: unescape[m.group(0)], line) for line in lines[:-1]]
+    assert got == want
+    assert "3/3 prompts" in r.stderr                     # the progress bar
+    r = run_cli(pg_dsn, "generate", "--file", "-", "--quiet", "--model", "cli", "--max-tokens", "12",
+                "--temperature", "0", stdin="ROMEO:\n")
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.count("\n") == 1
+    r = run_cli(pg_dsn, "generate", "x", "--file", str(f), "--model", "cli")
+    assert r.returncode == 2 and "--file takes no prompt" in r.stderr
 
 
 def test_cli_interactive(pg_dsn, llm):

@@ -140,3 +140,67 @@ def test_rng_stream_is_uniform_and_reproducible():
     assert abs(u.mean() - 0.5) < 0.005
     assert np.array_equal(u, K.rand_uniform(123, 200_000))
     assert not np.array_equal(u[:100], K.rand_uniform(124, 100))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 7, 13), (2, 5, 3), (3, 4, 8), (5, 9, 769),
+                                   (7, 130, 60), (37, 257, 768), (64, 65, 3072)])
+def test_gemm_rowinv_is_row_invariant(m, n, k):
+    """Each element of gemm_rowinv is its plain reference (bit for bit), so a
+    row's result does not depend on the rows beside it, nor on the threads;
+    pgllm_gemm's few-rows path (M <= 4) is the same product."""
+    rng = np.random.default_rng(m * 1000 + n + k)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k), dtype=np.float32)
+    bias = rng.standard_normal(n, dtype=np.float32)
+    want = np.zeros((m, n), np.float32)
+    K.gemm_rowinv(a, b, want, bias, reference=True)
+    expect = a.astype(np.float64) @ b.T.astype(np.float64) + bias
+    assert np.max(np.abs(want - expect)) <= 1e-5 * max(1.0, np.abs(expect).max()) * np.sqrt(k)
+    for threads in (1, 2):
+        got = np.zeros((m, n), np.float32)
+        run_with_threads(threads, lambda: K.gemm_rowinv(a, b, got, bias))
+        assert np.array_equal(got, want)
+    for i in range(m):
+        one = np.zeros((1, n), np.float32)
+        K.gemm_rowinv(a[i:i + 1].copy(), b, one, bias)
+        assert np.array_equal(one[0], want[i])
+        K.gemm(a[i:i + 1].copy(), b, one, transB=True, bias=bias)
+        assert np.array_equal(one[0], want[i])
+    acc = np.ones((m, n), np.float32)
+    K.gemm_rowinv(a, b, acc, bias, accumulate=True)
+    assert np.allclose(acc, want + 1, atol=1e-5)
+
+
+def test_forward_rows_equals_each_sequence_alone():
+    """One batched decoding step over sequences of different lengths gives
+    each the logits of forward_cached over that sequence alone, bit for bit."""
+    config = (2, 3, 60, 40, 301)                 # n_layer, n_head, n_embd, n_positions, vocab
+    n_layer, n_head, n_embd, n_pos, vocab = config
+    _, total = K.gpt2_param_sizes(*config)
+    params = np.empty(total, np.float32)
+    K.gpt2_init(params, *config, 9)
+    rng = np.random.default_rng(3)
+    kv_cap = 30
+    per_slot = n_layer * 2 * kv_cap * n_embd
+    lengths = {0: 1, 2: 17, 3: 5, 4: 29, 5: 9}   # slot -> positions cached (slot 1 is free)
+    kv = np.zeros(6 * per_slot, np.float32)
+    seqs, want = {}, {}
+    for s, n in lengths.items():
+        ids = rng.integers(0, vocab, n + 1).astype(np.int32)
+        seqs[s] = ids
+        solo = np.zeros(per_slot, np.float32)
+        logits = np.empty(vocab, np.float32)
+        K.gpt2_forward_cached(params, config, ids[:n], 1, n, 0, solo, kv_cap, logits)
+        kv[s * per_slot:(s + 1) * per_slot] = solo
+        K.gpt2_forward_cached(params, config, ids[n:], 1, 1, n, solo, kv_cap, logits)
+        want[s] = logits.copy()
+    order = [3, 0, 5, 4, 2]                      # 5 rows: past pgllm_gemm's few-rows path
+    logits = np.empty(len(order) * vocab, np.float32)
+    K.gpt2_forward_rows(params, config, np.array([seqs[s][-1] for s in order], np.int32),
+                        np.array(order, np.int64), np.array([lengths[s] for s in order], np.int64),
+                        kv, kv_cap, logits)
+    for r, s in enumerate(order):
+        assert np.array_equal(logits[r * vocab:(r + 1) * vocab], want[s]), s
+    with pytest.raises(ValueError, match="distinct"):
+        K.gpt2_forward_rows(params, config, np.array([1, 2], np.int32), np.array([0, 0], np.int64),
+                            np.array([1, 2], np.int64), kv, kv_cap, np.empty(2 * vocab, np.float32))

@@ -245,42 +245,57 @@ gen_forward(GenState *g)
 	g->logits_ready = true;
 }
 
+/* the next token of a context from its logits (overwritten), drawn from
+ * the sequence's own stream at step n - n_prompt */
+static int32
+sample_next(float *logits, int64 V, const int32 *tokens, int64 n, int64 n_prompt,
+			const GenParams *p, uint64 seed, float *sample_work)
+{
+	int32		tok = pgllm_sample_token(logits, V, tokens, n, (float) p->repetition_penalty,
+										 (float) p->temperature, p->topk, (float) p->topp, seed,
+										 (uint64) (n - n_prompt), sample_work);
+
+	if (tok < 0)
+		elog(ERROR, "pg_llm: sampling failed");
+	pgllm_stats.tokens_sampled++;
+	return tok;
+}
+
 /* sample the next token; returns it (the caller appends it unless it is eos) */
 static int32
 gen_sample(GenState *g)
 {
-	int32		tok;
-
 	gen_forward(g);
-	tok = pgllm_sample_token(g->logits, g->model->cfg.vocab, g->tokens, g->n,
-							 (float) g->p.repetition_penalty, (float) g->p.temperature,
-							 g->p.topk, (float) g->p.topp, g->p.seed, (uint64) (g->n - g->n_prompt),
-							 g->sample_work);
-	if (tok < 0)
-		elog(ERROR, "pg_llm: sampling failed");
-	pgllm_stats.tokens_sampled++;
 	g->logits_ready = false;
-	return tok;
+	return sample_next(g->logits, g->model->cfg.vocab, g->tokens, g->n, g->n_prompt, &g->p,
+					   g->p.seed, g->sample_work);
 }
 
-/* text generated so far (sanitized); *stop_at gets the byte where the first
- * stop string starts, or -1 */
+/* the text of generated ids (sanitized); *stop_at gets the byte where the
+ * first stop string starts, or -1 */
 static char *
-gen_text(GenState *g, bool hold_incomplete, int64 *stop_at)
+generated_text(PgllmBPE *bpe, const GenParams *p, const int32 *ids, int64 n,
+			   bool hold_incomplete, int64 *stop_at)
 {
-	char	   *s = pgllm_decode_text(g->bpe, g->tokens + g->n_prompt, g->n - g->n_prompt,
-									  hold_incomplete, NULL);
+	char	   *s = pgllm_decode_text(bpe, ids, n, hold_incomplete, NULL);
 	int			i;
 
 	*stop_at = -1;
-	for (i = 0; i < g->p.nstop; i++)
+	for (i = 0; i < p->nstop; i++)
 	{
-		char	   *hit = strstr(s, g->p.stop[i]);
+		char	   *hit = strstr(s, p->stop[i]);
 
 		if (hit && (*stop_at < 0 || hit - s < *stop_at))
 			*stop_at = hit - s;
 	}
 	return s;
+}
+
+static char *
+gen_text(GenState *g, bool hold_incomplete, int64 *stop_at)
+{
+	return generated_text(g->bpe, &g->p, g->tokens + g->n_prompt, g->n - g->n_prompt,
+						  hold_incomplete, stop_at);
 }
 
 /* ---------------------------------------------------------------------------
@@ -408,6 +423,323 @@ pg_llm_generate_stream(PG_FUNCTION_ARGS)
 	g->done = complete;
 	tup = heap_form_tuple(fctx->tuple_desc, values, nulls);
 	SRF_RETURN_NEXT(fctx, HeapTupleGetDatum(tup));
+}
+
+/* ---------------------------------------------------------------------------
+ * llm_generate_batch(prompts text[], <llm_generate's other arguments>)
+ *   -> TABLE(ord int, completion text)
+ *
+ * Continuous batching.  Up to `nslots` sequences decode together, one
+ * pgllm_gpt2_forward_rows per step for all of them, each at its own length.
+ * A sequence that stops (eos, a stop string, max_tokens) leaves its slot,
+ * and the next waiting prompt takes it: prefilled alone, exactly as
+ * llm_generate prefills, then sampled from the stream llm_generate would
+ * use.  The row-invariant kernels make every step's logits those of the
+ * sequence decoded alone, so completions equal llm_generate's.  Rows come
+ * out in prompt order (a finished completion waits for the ones before it).
+ * ------------------------------------------------------------------------- */
+#define PGLLM_BATCH_MAX_PROMPTS 1000000
+
+typedef struct BatchSeq
+{
+	int64		ord;			/* 0-based position in prompts; -1: free slot */
+	int32	   *tokens;			/* prompt, then generated: kv_cap ids */
+	int64		n_prompt;
+	int64		n;
+	uint64		seed;
+} BatchSeq;
+
+typedef struct Batch
+{
+	PgllmModel *model;
+	PgllmBPE   *bpe;
+	GenParams	p;
+	int64		nprompts;
+	int32	  **prompt_ids;
+	int64	   *prompt_len;
+	int64		kv_cap;			/* positions per slot: longest prompt + max_tokens */
+	int			nslots;
+	BatchSeq   *seq;
+	float	   *kv;				/* (nslots, L, 2, kv_cap, C) */
+	float	   *work;			/* decode step: pgllm_gpt2_work_floats(cfg, nslots, 1) */
+	float	   *prefill_work;	/* one prompt: pgllm_gpt2_work_floats(cfg, 1, longest) */
+	float	   *logits;			/* (nslots, V) */
+	float	   *sample_work;	/* 2 V */
+	int32	   *row_tokens;		/* decode step rows: token, slot, position */
+	int64	   *row_slot;
+	int64	   *row_pos;
+	char	  **done;			/* finished completions not yet returned */
+	int64		emitted;		/* completions returned so far, in prompt order */
+	MemoryContext text_ctx;		/* finished completions */
+	MemoryContext step_ctx;		/* per-token text for stop strings */
+} Batch;
+
+/* every prompt's ids, checked before any work: an error names the prompt */
+static void
+batch_prompts(Batch *b, ArrayType *arr, const char *fn)
+{
+	const PgllmGPT2Config *cfg = &b->model->cfg;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n,
+				i;
+	int64		longest = 0;
+
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	b->nprompts = n;
+	b->prompt_ids = palloc(sizeof(int32 *) * Max(n, 1));
+	b->prompt_len = palloc(sizeof(int64) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		char	   *where = psprintf("%s: prompt %d", fn, i + 1);
+		text	   *t;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s is NULL", where),
+					 errhint("Leave NULL prompts out, e.g. ARRAY(SELECT prompt FROM t WHERE prompt IS NOT NULL ORDER BY id).")));
+		t = DatumGetTextPP(elems[i]);
+		if (VARSIZE_ANY_EXHDR(t) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s is empty", where),
+					 errhint("Leave empty prompts out, or call llm_generate for an unconditional sample.")));
+		b->prompt_ids[i] = prompt_tokens(b->bpe, t, b->p.eos, cfg, where, &b->prompt_len[i]);
+		b->prompt_ids[i] = fit_context(b->prompt_ids[i], &b->prompt_len[i], b->p.max_tokens,
+									   b->p.truncate, cfg, where);
+		longest = Max(longest, b->prompt_len[i]);
+		pfree(where);
+		if ((i & 1023) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
+	b->kv_cap = Max(longest + b->p.max_tokens, 1);
+}
+
+/* as many slots as pg_llm.max_batch_size and pg_llm.max_memory_mb allow */
+static void
+batch_alloc(Batch *b, const char *fn)
+{
+	const PgllmGPT2Config *cfg = &b->model->cfg;
+	int64		C = cfg->n_embd,
+				V = cfg->vocab;
+	int64		longest = b->kv_cap - b->p.max_tokens;
+	int64		kv_slot = cfg->n_layer * 2 * b->kv_cap * C;
+	int64		per_slot = (kv_slot + V + pgllm_gpt2_work_floats(cfg, 1, 1)) * sizeof(float) +
+		b->kv_cap * sizeof(int32) + 2 * sizeof(int64) + sizeof(int32);
+	int64		fixed = (pgllm_gpt2_work_floats(cfg, 1, Max(longest, 1)) + 3 * V) * sizeof(float);
+	int64		room = (int64) pgllm_max_memory_mb * 1024 * 1024 - pgllm_memory_in_use() - fixed;
+	int64		fit = room > 0 ? room / per_slot : 0;
+	int			s;
+
+	b->nslots = (int) Max(Min(Min(fit, (int64) pgllm_max_batch_size), b->nprompts), 1);
+	ereport(DEBUG1,
+			(errmsg_internal("%s: %lld prompts, %d decoded together (pg_llm.max_batch_size %d, %.1f MB per sequence)",
+							 fn, (long long) b->nprompts, b->nslots, pgllm_max_batch_size,
+							 per_slot / 1048576.0)));
+	b->kv = pgllm_alloc_floats(b->nslots * kv_slot, "KV caches of the batch");
+	b->logits = pgllm_alloc_floats(b->nslots * V, "logits of the batch");
+	b->work = pgllm_alloc_floats(pgllm_gpt2_work_floats(cfg, b->nslots, 1), "activations");
+	b->prefill_work = pgllm_alloc_floats(pgllm_gpt2_work_floats(cfg, 1, Max(longest, 1)),
+										 "activations");
+	b->sample_work = pgllm_alloc_floats(2 * V, "sampling scratch");
+	b->row_tokens = palloc(sizeof(int32) * b->nslots);
+	b->row_slot = palloc(sizeof(int64) * b->nslots);
+	b->row_pos = palloc(sizeof(int64) * b->nslots);
+	b->seq = palloc0(sizeof(BatchSeq) * b->nslots);
+	for (s = 0; s < b->nslots; s++)
+	{
+		b->seq[s].ord = -1;
+		b->seq[s].tokens = palloc(sizeof(int32) * b->kv_cap);
+	}
+	b->done = palloc0(sizeof(char *) * b->nprompts);
+}
+
+static void
+batch_finish(Batch *b, BatchSeq *q, bool cut_stop)
+{
+	MemoryContext old = MemoryContextSwitchTo(b->step_ctx);
+	int64		stop_at;
+	char	   *out = generated_text(b->bpe, &b->p, q->tokens + q->n_prompt, q->n - q->n_prompt,
+									 false, &stop_at);
+
+	if (cut_stop && stop_at >= 0)
+		out[stop_at] = '\0';
+	MemoryContextSwitchTo(b->text_ctx);
+	b->done[q->ord] = pstrdup(out);
+	MemoryContextSwitchTo(old);
+	q->ord = -1;
+}
+
+/*
+ * A sampled token of sequence q, as llm_generate's loop takes it: eos ends
+ * the sequence, a stop string or max_tokens ends it after the token.
+ */
+static void
+batch_take(Batch *b, BatchSeq *q, int32 tok)
+{
+	if (tok == b->p.eos)
+	{
+		batch_finish(b, q, true);
+		return;
+	}
+	q->tokens[q->n++] = tok;
+	if (b->p.nstop > 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(b->step_ctx);
+		int64		stop_at;
+
+		(void) generated_text(b->bpe, &b->p, q->tokens + q->n_prompt, q->n - q->n_prompt, false,
+							  &stop_at);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(b->step_ctx);
+		if (stop_at >= 0)
+		{
+			batch_finish(b, q, true);
+			return;
+		}
+	}
+	if (q->n - q->n_prompt >= b->p.max_tokens)
+		batch_finish(b, q, true);
+}
+
+/* prompt `ord` joins in slot s: prefill, then its first token */
+static void
+batch_join(Batch *b, int s, int64 ord, uint64 seed)
+{
+	const PgllmGPT2Config *cfg = &b->model->cfg;
+	BatchSeq   *q = &b->seq[s];
+	float	   *kv = b->kv + (int64) s * cfg->n_layer * 2 * b->kv_cap * cfg->n_embd;
+	float	   *logits = b->logits + (int64) s * cfg->vocab;
+
+	q->ord = ord;
+	q->n_prompt = q->n = b->prompt_len[ord];
+	memcpy(q->tokens, b->prompt_ids[ord], sizeof(int32) * q->n);
+	q->seed = seed;
+	if (b->p.max_tokens == 0)
+	{
+		batch_finish(b, q, false);
+		return;
+	}
+	PGLLM_KERNEL(pgllm_gpt2_forward_cached(cfg, b->model->params, q->tokens, 1, q->n_prompt, 0,
+										   kv, b->kv_cap, b->prefill_work, logits, 0,
+										   pgllm_cancel));
+	batch_take(b, q, sample_next(logits, cfg->vocab, q->tokens, q->n, q->n_prompt, &b->p,
+								 q->seed, b->sample_work));
+}
+
+/* completions finished in prompt order go out */
+static void
+batch_emit(Batch *b, ReturnSetInfo *rsinfo)
+{
+	while (b->emitted < b->nprompts && b->done[b->emitted] != NULL)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = Int32GetDatum((int32) (b->emitted + 1));
+		values[1] = PointerGetDatum(cstring_to_text(b->done[b->emitted]));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		pfree(DatumGetPointer(values[1]));
+		pfree(b->done[b->emitted]);
+		b->done[b->emitted++] = NULL;
+	}
+}
+
+PG_FUNCTION_INFO_V1(pg_llm_generate_batch);
+Datum
+pg_llm_generate_batch(PG_FUNCTION_ARGS)
+{
+	const char *fn = "llm_generate_batch";
+	ArrayType  *arr;
+	ReturnSetInfo *rsinfo;
+	const PgllmGPT2Config *cfg;
+	Batch		b;
+	int64		next = 0;
+	bool		seeded;
+
+	memset(&b, 0, sizeof(b));
+	gen_params(fcinfo, fn, &b.p);
+	seeded = !PG_ARGISNULL(7);
+	rsinfo = pgllm_materialized_srf(fcinfo);
+	if (PG_ARGISNULL(0))
+		return (Datum) 0;
+	arr = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s: prompts must be a one-dimensional text array", fn)));
+	if (ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr)) > PGLLM_BATCH_MAX_PROMPTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s: %d prompts, more than the %d one call takes", fn,
+						ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr)), PGLLM_BATCH_MAX_PROMPTS),
+				 errhint("Process the table in chunks, e.g. WHERE id > last_id ORDER BY id LIMIT 10000 per call.")));
+	b.model = pgllm_model_acquire(pgllm_model_name_arg(fcinfo, 5));
+	cfg = &b.model->cfg;
+	b.bpe = pgllm_tokenizer_get(pgllm_model_name_arg(fcinfo, 5));
+	b.p.eos = resolve_eos(b.p.eos, b.bpe, cfg, fn);
+	batch_prompts(&b, arr, fn);
+	if (b.nprompts == 0)
+	{
+		pgllm_model_release(b.model);
+		return (Datum) 0;
+	}
+	batch_alloc(&b, fn);
+	b.text_ctx = AllocSetContextCreate(CurrentMemoryContext, "llm_generate_batch completions",
+									   ALLOCSET_DEFAULT_SIZES);
+	b.step_ctx = AllocSetContextCreate(CurrentMemoryContext, "llm_generate_batch step",
+									   ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		int			s,
+					nrows = 0,
+					r;
+
+		/* waiting prompts take the free slots */
+		for (s = 0; s < b.nslots && next < b.nprompts; s++)
+		{
+			while (b.seq[s].ord < 0 && next < b.nprompts)
+			{
+				/* without a seed each prompt draws its own, as separate calls would */
+				batch_join(&b, s, next, seeded ? b.p.seed : pgllm_random_seed());
+				next++;
+				CHECK_FOR_INTERRUPTS();
+			}
+		}
+		batch_emit(&b, rsinfo);
+		for (s = 0; s < b.nslots; s++)
+		{
+			BatchSeq   *q = &b.seq[s];
+
+			if (q->ord < 0)
+				continue;
+			b.row_tokens[nrows] = q->tokens[q->n - 1];
+			b.row_slot[nrows] = s;
+			b.row_pos[nrows] = q->n - 1;
+			nrows++;
+		}
+		if (nrows == 0)
+			break;
+		/* one step: every live sequence's next token */
+		PGLLM_KERNEL(pgllm_gpt2_forward_rows(cfg, b.model->params, b.row_tokens, b.row_slot,
+											 b.row_pos, nrows, b.kv, b.kv_cap, b.work, b.logits,
+											 pgllm_cancel));
+		for (r = 0; r < nrows; r++)
+		{
+			BatchSeq   *q = &b.seq[b.row_slot[r]];
+
+			batch_take(&b, q, sample_next(b.logits + (int64) r * cfg->vocab, cfg->vocab,
+										  q->tokens, q->n, q->n_prompt, &b.p, q->seed,
+										  b.sample_work));
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	batch_emit(&b, rsinfo);
+	Assert(b.emitted == b.nprompts);
+	pgllm_model_release(b.model);
+	return (Datum) 0;
 }
 
 /* ---------------------------------------------------------------------------

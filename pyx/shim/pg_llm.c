@@ -33,6 +33,7 @@ int			pgllm_num_threads = 0;
 char	   *pgllm_default_model = NULL;
 int			pgllm_model_cache_mb = 8192;
 int			pgllm_max_memory_mb = 8192;
+int			pgllm_max_batch_size = 32;
 
 const int  *pgllm_cancel = NULL;
 
@@ -93,6 +94,11 @@ _PG_init(void)
 							"Largest memory pg_llm buffers may take in a backend at once (activations, KV caches, training state), besides the model cache.",
 							NULL, &pgllm_max_memory_mb, 8192, 1, INT_MAX / 2,
 							PGC_SUSET, GUC_UNIT_MB, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg_llm.max_batch_size",
+							"Largest number of sequences llm_generate_batch decodes together.",
+							"The batch is also bounded by pg_llm.max_memory_mb (a KV cache per sequence).",
+							&pgllm_max_batch_size, 32, 1, 1024,
+							PGC_USERSET, 0, NULL, NULL, NULL);
 	pgllm_reserve_guc_prefix("pg_llm");
 }
 

@@ -32,6 +32,7 @@ extern int	pgllm_num_threads;
 extern char *pgllm_default_model;
 extern int	pgllm_model_cache_mb;
 extern int	pgllm_max_memory_mb;
+extern int	pgllm_max_batch_size;
 
 /* ---- threads and kernels ---- */
 
