@@ -337,6 +337,10 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
     cdef float *kdst
     cdef float *vdst
     cdef int rc = PGLLM_OK
+    # few rows (a short prompt's prefill, a decoding step) on AVX2: the
+    # row-invariant product is the faster one there (AVX-512's 8x32 packed
+    # tiles are faster still; M <= SMALL_M takes the row-invariant path anyway)
+    cdef int rowinv = BT <= ROWINV_MAX_ROWS and not pgllm_cpu_has_avx512()
     _param_pointers(cfg, params, &p)
 
     # token + position embeddings
@@ -352,7 +356,7 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
         if PGLLM_CANCELLED(cancel):
             return PGLLM_INTERRUPTED
         kv_l = kv + l * 2 * kv_cap * C
-        rc = _block_qkv(cfg, &p, l, BT, x, xn, qkv, 0, cancel)
+        rc = _block_qkv(cfg, &p, l, BT, x, xn, qkv, rowinv, cancel)
         if rc != PGLLM_OK:
             return rc
         for b in range(B):
@@ -363,7 +367,7 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
                 memcpy(vdst, qkv + (b * Tn + t) * 3 * C + 2 * C, C * sizeof(float))
         rc = _attention_cached(cfg, qkv, kv_l, B, Tn, past, kv_cap, layer_stride, att, cancel)
         if rc == PGLLM_OK:
-            rc = _block_rest(cfg, &p, l, BT, x, xn, att, hmlp, 0, cancel)
+            rc = _block_rest(cfg, &p, l, BT, x, xn, att, hmlp, rowinv, cancel)
         if rc != PGLLM_OK:
             return rc
 
@@ -379,7 +383,7 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
                                          p.t[PGLLM_P_LNFB], xn + b * C, NULL, NULL, 1, C,
                                          cfg.eps, cancel)
     if rc == PGLLM_OK:
-        rc = _linear(0, rows, V, C, xn, p.t[PGLLM_P_WTE], NULL, logits, PGLLM_OVERWRITE, cancel)
+        rc = _linear(rowinv, rows, V, C, xn, p.t[PGLLM_P_WTE], NULL, logits, PGLLM_OVERWRITE, cancel)
     return rc
 
 

@@ -20,7 +20,10 @@ with 2 threads, everything in one run on a throwaway cluster:
   alone) and llm_generate (the model and the tokenizer, 1 new token), cold
   (the first backend of a freshly started server, no cache file: it builds
   it) and warm (another backend maps the model already); target: warm
-  <= 50 ms for gpt2-small.
+  <= 50 ms for gpt2-small;
+- with --xl: a gpt2-xl-shaped model (6 GB of weights) generating from 4
+  sessions at once with the server's default settings; target: all 4 work
+  on a 24 GB machine.
 
 The server must run on this machine (it reads /proc of its backends).
 """
@@ -35,7 +38,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import psycopg  # noqa: E402
 from pg_llm_cy.cluster import LocalCluster, bindir_of  # noqa: E402
 
-SHAPES = {"small": (12, 12, 768, 1024), "medium": (24, 16, 1024, 1024)}
+SHAPES = {"small": (12, 12, 768, 1024), "medium": (24, 16, 1024, 1024), "xl": (48, 25, 1600, 1024)}
 VOCAB = 50257
 
 
@@ -152,6 +155,44 @@ def bench_first_call(cluster, dsn, model, out):
     return warm_logits, warm_generate
 
 
+def bench_xl(dsn, data_dir, out, sessions=4):
+    """gpt2-xl from 4 sessions at once, default settings: each generates, and
+    the sum of their Pss stays near one copy of the weights."""
+    import threading
+    setup_models(dsn, ["xl"], data_dir)
+    with psycopg.connect(dsn, autocommit=True) as c:        # no SET: the defaults
+        weights_mb = c.execute("SELECT bytes / 1048576.0 FROM llm_models WHERE model = 'bench_xl'").fetchone()[0]
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(sessions)]
+    results, errors = [None] * sessions, []
+
+    def run(i):
+        try:
+            t = time.perf_counter()
+            text = conns[i].execute("SELECT llm_generate('Hello', 8, 0, model => 'bench_xl')").fetchone()[0]
+            results[i] = (time.perf_counter() - t, text)
+        except psycopg.Error as e:
+            errors.append(str(e))
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(sessions)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    pids = [c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in conns]
+    total = sum(pss_mb(p) for p in pids)
+    for c in conns:
+        c.close()
+    print(f"\ngpt2-xl shape ({weights_mb:.0f} MB of weights), {sessions} sessions at once, default settings:",
+          file=out)
+    if errors:
+        print(f"  FAILED: {errors[0]}", file=out)
+    else:
+        print(f"  all {sessions} generated 8 tokens in {wall:.1f} s (slowest session "
+              f"{max(r[0] for r in results):.1f} s); sum of Pss {total:.0f} MB", file=out)
+    return not errors, total
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pg-config", default=os.environ.get("PG_CONFIG", ".pg/pg16/bin/pg_config"))
@@ -161,6 +202,7 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,4,8,16,32,64")
     ap.add_argument("--sessions", default="1,4,8")
     ap.add_argument("--shapes", default="small,medium")
+    ap.add_argument("--xl", action="store_true", help="also gpt2-xl from 4 sessions (minutes, 13 GB of disk)")
     a = ap.parse_args(argv)
     shapes = a.shapes.split(",")
     cluster = LocalCluster(bindir_of(a.pg_config), settings={"max_connections": 60}).initdb().start()
@@ -178,6 +220,8 @@ def main(argv=None):
         print("model          cold llm_logits  cold llm_generate  warm llm_logits  warm llm_generate", file=out)
         for shape in shapes:
             bench_first_call(cluster, dsn, f"bench_{shape}", out)
+        if a.xl:
+            bench_xl(dsn, a.data_dir, out)
     finally:
         cluster.destroy()
 
