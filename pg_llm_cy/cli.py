@@ -190,10 +190,14 @@ def cmd_generate_file(llm: Client, a, out=None) -> int:
     llm_generate_batch in chunks of --chunk-size, with a progress bar."""
     out = out or sys.stdout
     if a.file == "-":
-        lines = sys.stdin.read().splitlines()
+        data = sys.stdin.read()
     else:
-        with open(a.file, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(a.file, encoding="utf-8", newline="") as f:
+            data = f.read()
+    # lines end at \n (or \r\n) only: other separators are prompt text
+    lines = [line[:-1] if line.endswith("\r") else line for line in data.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
     wanted = [i for i, line in enumerate(lines) if line]
     bar = None if a.quiet else BatchBar()
     try:

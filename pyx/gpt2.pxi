@@ -581,10 +581,10 @@ def gpt2_forward_rows(const float[::1] params, tuple config, const int[::1] toke
     import numpy as np
     if params.shape[0] != pgllm_gpt2_param_sizes(&c, sizes):
         raise ValueError("gpt2_forward_rows: wrong parameter buffer size")
+    if n < 1 or slots.shape[0] != n or positions.shape[0] != n or not 1 <= kv_cap <= c.n_positions:
+        raise ValueError("gpt2_forward_rows: tokens / slots / positions / kv_cap")
     per_slot = c.n_layer * 2 * kv_cap * c.n_embd
-    if n < 1 or slots.shape[0] != n or positions.shape[0] != n or kv_cap > c.n_positions:
-        raise ValueError("gpt2_forward_rows: tokens / slots / positions")
-    if kv.shape[0] % per_slot != 0:
+    if kv.shape[0] == 0 or kv.shape[0] % per_slot != 0:
         raise ValueError("gpt2_forward_rows: kv cache size")
     nslots = kv.shape[0] // per_slot
     if logits.shape[0] != n * c.vocab:

@@ -111,7 +111,7 @@ def bench_batch(dsn, model, batches, out, new_tokens=64):
     with connect(dsn) as c:
         lens = {len(c.execute("SELECT llm_encode(%s, %s)", (BATCH_PROMPT.format(n), model)).fetchone()[0])
                 for n in names}
-        prompts = [BATCH_PROMPT.format(names[i % len(names)]) + f" {i}" for i in range(max(batches))]
+        prompts = [BATCH_PROMPT.format(names[i % len(names)]) + f" {i}" for i in range(max(batches + [4]))]
         c.execute(f"SET pg_llm.max_batch_size = {max(batches)}")
         c.execute("SELECT count(*) FROM llm_generate_batch(%s, 4, 0, model => %s)", (prompts[:2], model))
         t = time.perf_counter()

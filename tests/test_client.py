@@ -83,9 +83,10 @@ def test_generate_batch(llm):
 
 
 def test_cli_generate_file(pg_dsn, llm, tmp_path):
-    prompts = ["Once upon", "", "The king said", "ROMEO:"]
+    # \x0c and U+2028 are prompt text, not line ends; \r\n ends a line
+    prompts = ["Once upon", "", "The king\x0csaid", "ROMEO:\u2028JULIET:"]
     f = tmp_path / "prompts.txt"
-    f.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    f.write_bytes(("\n".join(prompts[:2]) + "\r\n" + "\n".join(prompts[2:]) + "\n").encode())
     want = [llm.generate(p, max_tokens=12, temperature=0) if p else "" for p in prompts]
     r = run_cli(pg_dsn, "generate", "--file", str(f), "--model", "cli", "--max-tokens", "12",
                 "--temperature", "0", "--chunk-size", "2")

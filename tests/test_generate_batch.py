@@ -103,6 +103,22 @@ def test_seeded_sampling_equals_single(conn, batch_model):
     assert batch(conn, PROMPTS, **dict(kw, seed=43)) != want
 
 
+def test_seeded_sampling_joining_mid_flight(conn, batch_model):
+    """Prompts that join a running batch (3 slots, uneven stops) keep their
+    own streams, step counts and repetition histories."""
+    kw = dict(max_tokens=18, temperature=1.1, topk=0, topp=0.97, seed=9, repetition_penalty=1.4)
+    full = single(conn, PROMPTS, **kw)
+    stop = full[1][len(full[1]) // 3:len(full[1]) // 3 + 2]
+    kw["stop"] = [stop]
+    want = single(conn, PROMPTS + PROMPTS[:3], **kw)
+    assert len({len(w) for w in want}) >= 3, want
+    conn.execute("SET pg_llm.max_batch_size = 3")
+    try:
+        assert batch(conn, PROMPTS + PROMPTS[:3], **kw) == want
+    finally:
+        conn.execute("RESET pg_llm.max_batch_size")
+
+
 def test_unseeded_prompts_draw_their_own(conn, batch_model):
     got = batch(conn, ["Hello there"] * 6, max_tokens=12, temperature=1.0, topk=0, topp=1.0)
     assert len(set(got)) > 1
@@ -204,3 +220,24 @@ def test_statement_timeout_stops_within_a_second(pg_dsn, slow_model):
         c.execute("reset statement_timeout")
         assert c.execute("SELECT count(*) FROM llm_generate_batch(ARRAY['a', 'b'], 2, model => 'batch_slow')"
                          ).fetchone()[0] == 2
+
+
+def test_buffers_are_given_back(conn, batch_model):
+    """A call's KV caches, logits and prompts are released when it returns:
+    the next call sees the whole of pg_llm.max_memory_mb again."""
+    before = sql_value(conn, "SELECT working_mb FROM pg_llm_backend_stats()")
+    prompts = [f"Prompt {i} of a longer list" for i in range(300)]
+    n = sql_value(conn, "SELECT count(*) FROM llm_generate_batch(%s::text[], 3, 0, model => 'batch', "
+                  "stop => ARRAY['zz'])", (prompts,))
+    assert n == 300
+    assert sql_value(conn, "SELECT working_mb FROM pg_llm_backend_stats()") == before
+    # two batches in one query: the second is not squeezed by the first's buffers
+    conn.execute("SET pg_llm.max_memory_mb = 2")
+    try:
+        rows = conn.execute("SELECT a.completion = b.completion FROM "
+                            "llm_generate_batch(ARRAY['Hello', 'The king'], 5, 0, model => 'batch') a JOIN "
+                            "llm_generate_batch(ARRAY['Hello', 'The king'], 5, 0, model => 'batch') b "
+                            "USING (ord)").fetchall()
+    finally:
+        conn.execute("RESET pg_llm.max_memory_mb")
+    assert rows == [(True,), (True,)]

@@ -485,14 +485,23 @@ batch_prompts(Batch *b, ArrayType *arr, const char *fn)
 				i;
 	int64		longest = 0;
 
+	/* encoding's buffers (one id per byte) go with each prompt: only the ids kept stay */
+	MemoryContext enc_ctx = AllocSetContextCreate(CurrentMemoryContext, "llm_generate_batch prompt",
+												  ALLOCSET_DEFAULT_SIZES);
+
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	b->nprompts = n;
 	b->prompt_ids = palloc(sizeof(int32 *) * Max(n, 1));
 	b->prompt_len = palloc(sizeof(int64) * Max(n, 1));
 	for (i = 0; i < n; i++)
 	{
+		MemoryContext outer;
 		char	   *where = psprintf("%s: prompt %d", fn, i + 1);
 		text	   *t;
+		int32	   *ids;
+		int64		len;
+
+		CHECK_FOR_INTERRUPTS();
 
 		if (nulls[i])
 			ereport(ERROR,
@@ -505,14 +514,18 @@ batch_prompts(Batch *b, ArrayType *arr, const char *fn)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("%s is empty", where),
 					 errhint("Leave empty prompts out, or call llm_generate for an unconditional sample.")));
-		b->prompt_ids[i] = prompt_tokens(b->bpe, t, b->p.eos, cfg, where, &b->prompt_len[i]);
-		b->prompt_ids[i] = fit_context(b->prompt_ids[i], &b->prompt_len[i], b->p.max_tokens,
-									   b->p.truncate, cfg, where);
-		longest = Max(longest, b->prompt_len[i]);
+		outer = MemoryContextSwitchTo(enc_ctx);
+		ids = prompt_tokens(b->bpe, t, b->p.eos, cfg, where, &len);
+		ids = fit_context(ids, &len, b->p.max_tokens, b->p.truncate, cfg, where);
+		MemoryContextSwitchTo(outer);
+		b->prompt_ids[i] = palloc(sizeof(int32) * len);
+		memcpy(b->prompt_ids[i], ids, sizeof(int32) * len);
+		b->prompt_len[i] = len;
+		MemoryContextReset(enc_ctx);
+		longest = Max(longest, len);
 		pfree(where);
-		if ((i & 1023) == 0)
-			CHECK_FOR_INTERRUPTS();
 	}
+	MemoryContextDelete(enc_ctx);
 	b->kv_cap = Max(longest + b->p.max_tokens, 1);
 }
 
@@ -556,18 +569,18 @@ batch_alloc(Batch *b, const char *fn)
 }
 
 static void
-batch_finish(Batch *b, BatchSeq *q, bool cut_stop)
+batch_finish(Batch *b, BatchSeq *q)
 {
 	MemoryContext old = MemoryContextSwitchTo(b->step_ctx);
 	int64		stop_at;
 	char	   *out = generated_text(b->bpe, &b->p, q->tokens + q->n_prompt, q->n - q->n_prompt,
 									 false, &stop_at);
 
-	if (cut_stop && stop_at >= 0)
+	if (stop_at >= 0)
 		out[stop_at] = '\0';
-	MemoryContextSwitchTo(b->text_ctx);
-	b->done[q->ord] = pstrdup(out);
+	b->done[q->ord] = MemoryContextStrdup(b->text_ctx, out);
 	MemoryContextSwitchTo(old);
+	MemoryContextReset(b->step_ctx);
 	q->ord = -1;
 }
 
@@ -580,7 +593,7 @@ batch_take(Batch *b, BatchSeq *q, int32 tok)
 {
 	if (tok == b->p.eos)
 	{
-		batch_finish(b, q, true);
+		batch_finish(b, q);
 		return;
 	}
 	q->tokens[q->n++] = tok;
@@ -595,12 +608,12 @@ batch_take(Batch *b, BatchSeq *q, int32 tok)
 		MemoryContextReset(b->step_ctx);
 		if (stop_at >= 0)
 		{
-			batch_finish(b, q, true);
+			batch_finish(b, q);
 			return;
 		}
 	}
 	if (q->n - q->n_prompt >= b->p.max_tokens)
-		batch_finish(b, q, true);
+		batch_finish(b, q);
 }
 
 /* prompt `ord` joins in slot s: prefill, then its first token */
@@ -616,11 +629,6 @@ batch_join(Batch *b, int s, int64 ord, uint64 seed)
 	q->n_prompt = q->n = b->prompt_len[ord];
 	memcpy(q->tokens, b->prompt_ids[ord], sizeof(int32) * q->n);
 	q->seed = seed;
-	if (b->p.max_tokens == 0)
-	{
-		batch_finish(b, q, false);
-		return;
-	}
 	PGLLM_KERNEL(pgllm_gpt2_forward_cached(cfg, b->model->params, q->tokens, 1, q->n_prompt, 0,
 										   kv, b->kv_cap, b->prefill_work, logits, 0,
 										   pgllm_cancel));
@@ -657,6 +665,8 @@ pg_llm_generate_batch(PG_FUNCTION_ARGS)
 	Batch		b;
 	int64		next = 0;
 	bool		seeded;
+	MemoryContext work_ctx,
+				caller_ctx;
 
 	memset(&b, 0, sizeof(b));
 	gen_params(fcinfo, fn, &b.p);
@@ -675,23 +685,32 @@ pg_llm_generate_batch(PG_FUNCTION_ARGS)
 				 errmsg("%s: %d prompts, more than the %d one call takes", fn,
 						ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr)), PGLLM_BATCH_MAX_PROMPTS),
 				 errhint("Process the table in chunks, e.g. WHERE id > last_id ORDER BY id LIMIT 10000 per call.")));
+	/* every buffer of the call, counted against pg_llm.max_memory_mb until it returns */
+	work_ctx = AllocSetContextCreate(CurrentMemoryContext, "llm_generate_batch",
+									 ALLOCSET_DEFAULT_SIZES);
+	caller_ctx = MemoryContextSwitchTo(work_ctx);
 	b.model = pgllm_model_acquire(pgllm_model_name_arg(fcinfo, 5));
 	cfg = &b.model->cfg;
 	b.bpe = pgllm_tokenizer_get(pgllm_model_name_arg(fcinfo, 5));
 	b.p.eos = resolve_eos(b.p.eos, b.bpe, cfg, fn);
 	batch_prompts(&b, arr, fn);
-	if (b.nprompts == 0)
+	b.text_ctx = AllocSetContextCreate(work_ctx, "llm_generate_batch completions",
+									   ALLOCSET_DEFAULT_SIZES);
+	b.step_ctx = AllocSetContextCreate(work_ctx, "llm_generate_batch step",
+									   ALLOCSET_DEFAULT_SIZES);
+	if (b.nprompts == 0 || b.p.max_tokens == 0)
 	{
-		pgllm_model_release(b.model);
-		return (Datum) 0;
+		/* nothing to decode: "" for every prompt, as llm_generate gives */
+		b.done = palloc0(sizeof(char *) * Max(b.nprompts, 1));
+		for (next = 0; next < b.nprompts; next++)
+			b.done[next] = MemoryContextStrdup(b.text_ctx, "");
+		batch_emit(&b, rsinfo);
+		next = b.nprompts;
 	}
-	batch_alloc(&b, fn);
-	b.text_ctx = AllocSetContextCreate(CurrentMemoryContext, "llm_generate_batch completions",
-									   ALLOCSET_DEFAULT_SIZES);
-	b.step_ctx = AllocSetContextCreate(CurrentMemoryContext, "llm_generate_batch step",
-									   ALLOCSET_DEFAULT_SIZES);
+	else
+		batch_alloc(&b, fn);
 
-	for (;;)
+	while (b.emitted < b.nprompts)
 	{
 		int			s,
 					nrows = 0,
@@ -739,6 +758,8 @@ pg_llm_generate_batch(PG_FUNCTION_ARGS)
 	batch_emit(&b, rsinfo);
 	Assert(b.emitted == b.nprompts);
 	pgllm_model_release(b.model);
+	MemoryContextSwitchTo(caller_ctx);
+	MemoryContextDelete(work_ctx);
 	return (Datum) 0;
 }
 
