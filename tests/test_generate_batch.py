@@ -19,8 +19,6 @@ PROMPTS = [
     "Fair is foul, and foul is fair: hover through the fog and filthy air.",
     "12345",
 ]
-ARGS = ("max_tokens", "temperature", "topk", "topp", "model", "eos_token", "seed",
-        "repetition_penalty", "stop", "truncate")
 
 
 @pytest.fixture(scope="module")
