@@ -165,22 +165,30 @@ def escape_line(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
-class BatchBar:
+def progress_bar(frac: float, width: int = 24) -> str:
+    filled = int(width * min(frac, 1.0))
+    return "#" * filled + "-" * (width - filled)
+
+
+class LiveLine:
+    """A progress line on stderr, redrawn in place; close() ends it."""
+
+    def close(self) -> None:
+        self.out.write("\n")
+        self.out.flush()
+
+
+class BatchBar(LiveLine):
     """The live line of a batched generation: a bar, prompts done, speed, ETA."""
 
     def __init__(self, out=sys.stderr):
         self.out, self.t0 = out, time.time()
 
     def __call__(self, done: int, total: int) -> None:
-        frac = done / max(total, 1)
-        bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
         elapsed = time.time() - self.t0
         eta = elapsed / max(done, 1) * (total - done)
-        self.out.write(f"\r[{bar}] {done}/{total} prompts {done / max(elapsed, 1e-9):.1f}/s ETA {eta:.0f}s ")
-        self.out.flush()
-
-    def close(self) -> None:
-        self.out.write("\n")
+        self.out.write(f"\r[{progress_bar(done / max(total, 1))}] {done}/{total} prompts "
+                       f"{done / max(elapsed, 1e-9):.1f}/s ETA {eta:.0f}s ")
         self.out.flush()
 
 
@@ -240,7 +248,7 @@ def cmd_import_hf(llm: Client, a) -> int:
     return 0
 
 
-class TrainBar:
+class TrainBar(LiveLine):
     """The live line of a training run: a bar, the step, loss, lr, speed, ETA;
     evaluations are kept as lines of their own."""
 
@@ -251,8 +259,7 @@ class TrainBar:
         if self.first is None:
             self.first = ev.step - 1
         done = ev.step - self.first
-        frac = min(done / self.n, 1.0)
-        bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
+        bar = progress_bar(done / self.n)
         eta = (time.time() - self.t0) / max(done, 1) * (self.n - done)
         line = (f"\r[{bar}] {done}/{self.n} step {ev.step} loss {ev.loss:.4f} lr {ev.lr:.2e} "
                 f"{ev.tokens_per_s:.0f} tok/s ETA {eta:.0f}s ")
@@ -260,10 +267,6 @@ class TrainBar:
         if ev.val_loss is not None:
             self.out.write(f"\n  step {ev.step}: val loss {ev.val_loss:.4f}, "
                            f"val perplexity {ev.val_perplexity:.2f}\n")
-        self.out.flush()
-
-    def close(self) -> None:
-        self.out.write("\n")
         self.out.flush()
 
 

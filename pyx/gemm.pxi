@@ -567,22 +567,10 @@ cdef public int pgllm_gemm_rowinv(int64_t M, int64_t N, int64_t K, const float *
     pgllm_dot_rowinv_reference computes it.  pgllm_gemm takes this path for
     A @ B^T with M <= SMALL_M, so a batch of decoded rows equals its rows
     decoded one by one."""
-    cdef float *Acopy = NULL
-    cdef const float *Arows = A
-    cdef int64_t i
-    cdef int rc
     if M <= 0 or N <= 0:
         return PGLLM_OK
-    if lda != K:
-        Acopy = _alloc_floats(M * K)
-        if Acopy == NULL:
-            return PGLLM_ENOMEM
-        for i in range(M):
-            memcpy(Acopy + i * K, A + i * lda, K * sizeof(float))
-        Arows = Acopy
-    rc = _rowinv_bt(M, N, K, Arows, B, ldb, C, ldc, bias, accumulate, cancel)
-    free(Acopy)
-    return rc
+    return _gemm_few_rows(PGLLM_NO_TRANS, PGLLM_TRANS, M, N, K, A, lda, B, ldb, C, ldc, bias,
+                          accumulate, cancel)
 
 
 cdef void _few_rows_task(int64_t M, int64_t N, int64_t K, const float *A, const float *B,

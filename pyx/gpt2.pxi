@@ -234,42 +234,6 @@ cdef void _attend_cached(const float *q, const float *k, const float *v, int64_t
             out[i] = out[i] + a * v[t * C + i]
 
 
-cdef int _attention_cached(const PgllmGPT2Config *cfg, const float *qkv, const float *kv_l,
-                           int64_t B, int64_t Tn, int64_t past, int64_t kv_cap,
-                           int64_t layer_stride, float *out, const int *cancel) noexcept nogil:
-    """qkv (B*Tn, 3C): queries of the new tokens; kv_l: this layer's cache of
-    sequence 0 (sequences layer_stride apart), keys then values, (kv_cap, C)
-    each.  out (B*Tn, C)."""
-    cdef int64_t C = cfg.n_embd, NH = cfg.n_head
-    cdef int64_t hs = C // NH
-    cdef int64_t nunits = B * Tn * NH
-    cdef int64_t u, b, t, h
-    cdef float *scores = NULL
-    cdef const float *kb
-    cdef int failed = 0
-    cdef int *pfailed = &failed
-    cdef int nt = <int> min(<int64_t> _threads_for(nunits * (past + Tn) * hs * 4), nunits)
-    with parallel(num_threads=nt):
-        scores = _alloc_floats(past + Tn)
-        for u in prange(nunits, schedule='static'):
-            if scores == NULL:
-                pfailed[0] = 1
-                continue
-            if PGLLM_CANCELLED(cancel):
-                continue
-            b = u // (Tn * NH)
-            t = (u // NH) % Tn
-            h = u % NH
-            kb = kv_l + b * layer_stride
-            _attend_cached(qkv + (b * Tn + t) * 3 * C + h * hs, kb + h * hs,
-                           kb + kv_cap * C + h * hs, past + t + 1, C, hs, scores,
-                           out + (b * Tn + t) * C + h * hs)
-        free(scores)
-    if failed:
-        return PGLLM_ENOMEM
-    return _status(cancel)
-
-
 cdef inline int _linear(int rowinv, int64_t rows, int64_t N, int64_t K, const float *x,
                         const float *W, const float *bias, float *out, int accumulate,
                         const int *cancel) noexcept nogil:
@@ -365,7 +329,8 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
                 vdst = kdst + kv_cap * C
                 memcpy(kdst, qkv + (b * Tn + t) * 3 * C + C, C * sizeof(float))
                 memcpy(vdst, qkv + (b * Tn + t) * 3 * C + 2 * C, C * sizeof(float))
-        rc = _attention_cached(cfg, qkv, kv_l, B, Tn, past, kv_cap, layer_stride, att, cancel)
+        rc = _attention_rows(cfg, qkv, kv_l, BT, Tn, past, NULL, NULL, kv_cap, layer_stride, att,
+                             cancel)
         if rc == PGLLM_OK:
             rc = _block_rest(cfg, &p, l, BT, x, xn, att, hmlp, rowinv, cancel)
         if rc != PGLLM_OK:
@@ -388,22 +353,27 @@ cdef public int pgllm_gpt2_forward_cached(const PgllmGPT2Config *cfg, const floa
 
 
 cdef int _attention_rows(const PgllmGPT2Config *cfg, const float *qkv, const float *kv_l,
-                         const int64_t *slots, const int64_t *positions, int64_t n,
-                         int64_t kv_cap, int64_t layer_stride, float *out,
-                         const int *cancel) noexcept nogil:
-    """Row r (one new token of the sequence in slot slots[r], at position
-    positions[r]) attends over that slot's cache, positions 0..positions[r]."""
+                         int64_t n, int64_t Tn, int64_t past, const int64_t *slots,
+                         const int64_t *positions, int64_t kv_cap, int64_t layer_stride,
+                         float *out, const int *cancel) noexcept nogil:
+    """Row r of qkv (n, 3C), one new token, attends over its sequence's cache
+    (this layer's, keys then values, (kv_cap, C) each, sequences layer_stride
+    apart from kv_l), positions 0 .. its own; out (n, C).  The sequence and
+    position of row r: slots[r] and positions[r], or without slots (B
+    sequences of Tn new tokens after `past`) r // Tn and past + r % Tn."""
     cdef int64_t C = cfg.n_embd, NH = cfg.n_head
     cdef int64_t hs = C // NH
     cdef int64_t nunits = n * NH
-    cdef int64_t u, r, h, span = 0
+    cdef int64_t u, r, h, slot, pos, span = past + Tn
     cdef float *scores = NULL
     cdef const float *kb
     cdef int failed = 0
     cdef int *pfailed = &failed
     cdef int nt
-    for r in range(n):
-        span = max(span, positions[r] + 1)
+    if slots != NULL:
+        span = 0
+        for r in range(n):
+            span = max(span, positions[r] + 1)
     nt = <int> min(<int64_t> _threads_for(nunits * span * hs * 4), nunits)
     with parallel(num_threads=nt):
         scores = _alloc_floats(span)
@@ -415,9 +385,15 @@ cdef int _attention_rows(const PgllmGPT2Config *cfg, const float *qkv, const flo
                 continue
             r = u // NH
             h = u % NH
-            kb = kv_l + slots[r] * layer_stride
+            if slots != NULL:
+                slot = slots[r]
+                pos = positions[r]
+            else:
+                slot = r // Tn
+                pos = past + r % Tn
+            kb = kv_l + slot * layer_stride
             _attend_cached(qkv + r * 3 * C + h * hs, kb + h * hs, kb + kv_cap * C + h * hs,
-                           positions[r] + 1, C, hs, scores, out + r * C + h * hs)
+                           pos + 1, C, hs, scores, out + r * C + h * hs)
         free(scores)
     if failed:
         return PGLLM_ENOMEM
@@ -471,8 +447,8 @@ cdef public int pgllm_gpt2_forward_rows(const PgllmGPT2Config *cfg, const float 
             kdst = kv_l + slots[r] * layer_stride + positions[r] * C
             memcpy(kdst, qkv + r * 3 * C + C, C * sizeof(float))
             memcpy(kdst + kv_cap * C, qkv + r * 3 * C + 2 * C, C * sizeof(float))
-        rc = _attention_rows(cfg, qkv, kv_l, slots, positions, n, kv_cap, layer_stride, att,
-                             cancel)
+        rc = _attention_rows(cfg, qkv, kv_l, n, 1, 0, slots, positions, kv_cap, layer_stride,
+                             att, cancel)
         if rc == PGLLM_OK:
             rc = _block_rest(cfg, &p, l, n, x, xn, att, hmlp, 1, cancel)
         if rc != PGLLM_OK:
