@@ -196,6 +196,7 @@ cdef struct BPEState:
     int32_t *parts
     int32_t *ranks
     int64_t scratch_cap
+    int borrowed                # the tables above the cache point into an image (not freed)
 
 
 cdef inline uint64_t _hash_bytes(const uint8_t *p, int64_t n) noexcept nogil:
@@ -249,12 +250,13 @@ cdef void _pair_insert(BPEState *s, int32_t a, int32_t b, int32_t merged) noexce
 cdef void _bpe_free_state(BPEState *s) noexcept nogil:
     if s == NULL:
         return
-    free(s.data)
-    free(s.offsets)
-    free(s.special)
-    free(s.tok_slots)
-    free(s.pair_keys)
-    free(s.pair_vals)
+    if not s.borrowed:
+        free(s.data)
+        free(s.offsets)
+        free(s.special)
+        free(s.tok_slots)
+        free(s.pair_keys)
+        free(s.pair_vals)
     free(s.wc_hash)
     free(s.wc_off)
     free(s.wc_len)
@@ -285,6 +287,23 @@ cdef void _cache_clear(BPEState *s) noexcept nogil:
     s.wc_used = 0
     s.wc_bytes_used = 0
     s.wc_ids_used = 0
+
+
+cdef int _alloc_private(BPEState *s) noexcept nogil:
+    """The piece cache, which every tokenizer keeps to itself (even one whose
+    tables are shared); 0 if out of memory."""
+    s.wc_hash = <uint64_t *> malloc(CACHE_SLOTS * sizeof(uint64_t))
+    s.wc_off = <int64_t *> malloc(CACHE_SLOTS * sizeof(int64_t))
+    s.wc_len = <int32_t *> malloc(CACHE_SLOTS * sizeof(int32_t))
+    s.wc_ids_off = <int64_t *> malloc(CACHE_SLOTS * sizeof(int64_t))
+    s.wc_nids = <int32_t *> malloc(CACHE_SLOTS * sizeof(int32_t))
+    s.wc_bytes = <uint8_t *> malloc(CACHE_BYTES)
+    s.wc_ids = <int32_t *> malloc(CACHE_IDS * sizeof(int32_t))
+    if (s.wc_hash == NULL or s.wc_off == NULL or s.wc_len == NULL or s.wc_ids_off == NULL or
+            s.wc_nids == NULL or s.wc_bytes == NULL or s.wc_ids == NULL):
+        return 0
+    _cache_clear(s)
+    return 1
 
 
 # Building a tokenizer from any vocabulary -- a file, or rows an admin wrote
@@ -469,13 +488,6 @@ cdef public int pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const in
     slot_count = _pow2_at_least(2 * n_tokens + 16)
     s.tok_mask = slot_count - 1
     s.tok_slots = <int32_t *> malloc(slot_count * sizeof(int32_t))
-    s.wc_hash = <uint64_t *> malloc(CACHE_SLOTS * sizeof(uint64_t))
-    s.wc_off = <int64_t *> malloc(CACHE_SLOTS * sizeof(int64_t))
-    s.wc_len = <int32_t *> malloc(CACHE_SLOTS * sizeof(int32_t))
-    s.wc_ids_off = <int64_t *> malloc(CACHE_SLOTS * sizeof(int64_t))
-    s.wc_nids = <int32_t *> malloc(CACHE_SLOTS * sizeof(int32_t))
-    s.wc_bytes = <uint8_t *> malloc(CACHE_BYTES)
-    s.wc_ids = <int32_t *> malloc(CACHE_IDS * sizeof(int32_t))
     f.mask = slot_count - 1
     f.h1 = <uint64_t *> calloc(slot_count, sizeof(uint64_t))
     f.h2 = <uint64_t *> malloc(slot_count * sizeof(uint64_t))
@@ -484,15 +496,13 @@ cdef public int pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const in
     f.seen_mask = 8 * slot_count - 1        # 16 bits per token
     f.seen = <uint64_t *> calloc(slot_count // 8, sizeof(uint64_t))
     if (s.data == NULL or s.offsets == NULL or s.special == NULL or s.tok_slots == NULL or
-            s.wc_hash == NULL or s.wc_off == NULL or s.wc_len == NULL or s.wc_ids_off == NULL or
-            s.wc_nids == NULL or s.wc_bytes == NULL or s.wc_ids == NULL or f.h1 == NULL or
+            not _alloc_private(s) or f.h1 == NULL or
             f.h2 == NULL or f.len == NULL or f.id == NULL or f.seen == NULL):
         rc = PGLLM_ENOMEM
     if rc == PGLLM_OK:
         memcpy(s.data, data, total)
         memcpy(s.offsets, offsets, (n_tokens + 1) * sizeof(int64_t))
         memcpy(s.special, special, n_tokens)
-        _cache_clear(s)
         # bytes -> id for the mergeable (non-special) tokens, and their prints
         for i in range(slot_count):
             s.tok_slots[i] = -1
@@ -537,6 +547,7 @@ cdef public int pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const in
                 break
             for i in range(s.pair_mask + 1):
                 s.pair_keys[i] = <uint64_t> 0xFFFFFFFFFFFFFFFFULL
+                s.pair_vals[i] = 0      # (never read; set, so an image is the same each build)
         for id in range(n_tokens):
             if (id % CANCEL_EVERY) == 0 and PGLLM_CANCELLED(cancel):
                 rc = PGLLM_INTERRUPTED
@@ -560,6 +571,153 @@ cdef void _fill_byte_ids(BPEState *s) noexcept nogil:
     for i in range(256):
         one[0] = <uint8_t> i
         s.byte_id[i] = _tok_lookup(s, one, 1)
+
+
+# ---------------------------------------------------------------------------
+# The image: a built tokenizer's tables in one flat, position-independent
+# block, so that a server builds them once and every backend maps them
+# (the shim's shared cache).  Layout: BPEImageHeader, then offsets,
+# tok_slots, pair_keys, pair_vals, special and data, each at a multiple of
+# 64 bytes; padding is zero, so the same tokenizer gives the same bytes.
+# A tokenizer made from an image points into it and keeps only its piece
+# cache and merge scratch to itself.
+# ---------------------------------------------------------------------------
+cdef extern from *:
+    """
+    static const char PGLLM_BPE_IMAGE_MAGIC[16] = "pg_llm bpe 1\\n";
+    """
+    const char PGLLM_BPE_IMAGE_MAGIC[16]
+
+cdef struct BPEImageHeader:
+    char magic[16]
+    int64_t n_tokens
+    int64_t data_bytes
+    int64_t tok_mask
+    int64_t pair_mask
+    int32_t byte_id[256]
+
+cdef enum:
+    IMAGE_SECTIONS = 6
+    IMAGE_MAX_MASK = 0xFFFFFFFF     # pairs <= token bytes <= 2^30, so tables < 2^32 slots
+
+
+cdef inline int64_t _align64(int64_t n) noexcept nogil:
+    return (n + 63) & ~(<int64_t> 63)
+
+
+cdef int64_t _image_layout(int64_t n_tokens, int64_t data_bytes, int64_t tok_mask,
+                           int64_t pair_mask, int64_t *at) noexcept nogil:
+    """Start of each section (offsets, tok_slots, pair_keys, pair_vals,
+    special, data) in at[]; returns the image's size.  Arguments within the
+    bounds pgllm_bpe_from_image checks cannot overflow."""
+    at[0] = _align64(sizeof(BPEImageHeader))
+    at[1] = _align64(at[0] + (n_tokens + 1) * <int64_t> sizeof(int64_t))
+    at[2] = _align64(at[1] + (tok_mask + 1) * <int64_t> sizeof(int32_t))
+    at[3] = _align64(at[2] + (pair_mask + 1) * <int64_t> sizeof(uint64_t))
+    at[4] = _align64(at[3] + (pair_mask + 1) * <int64_t> sizeof(int32_t))
+    at[5] = _align64(at[4] + n_tokens)
+    return _align64(at[5] + data_bytes)
+
+
+cdef public int64_t pgllm_bpe_image_size(const PgllmBPE *bpe) noexcept nogil:
+    cdef const BPEState *s = <const BPEState *> bpe
+    cdef int64_t at[IMAGE_SECTIONS]
+    return _image_layout(s.n_tokens, s.offsets[s.n_tokens], s.tok_mask, s.pair_mask, at)
+
+
+cdef public int pgllm_bpe_image_write(const PgllmBPE *bpe, void *out, int64_t size) noexcept nogil:
+    cdef const BPEState *s = <const BPEState *> bpe
+    cdef int64_t at[IMAGE_SECTIONS]
+    cdef BPEImageHeader *h = <BPEImageHeader *> out
+    cdef char *base = <char *> out
+    cdef int64_t n = s.n_tokens, total = s.offsets[s.n_tokens]
+    if _image_layout(n, total, s.tok_mask, s.pair_mask, at) != size:
+        return PGLLM_EINVAL
+    memset(out, 0, size)
+    memcpy(h.magic, PGLLM_BPE_IMAGE_MAGIC, sizeof(h.magic))
+    h.n_tokens = n
+    h.data_bytes = total
+    h.tok_mask = s.tok_mask
+    h.pair_mask = s.pair_mask
+    memcpy(h.byte_id, s.byte_id, sizeof(s.byte_id))
+    memcpy(base + at[0], s.offsets, (n + 1) * sizeof(int64_t))
+    memcpy(base + at[1], s.tok_slots, (s.tok_mask + 1) * sizeof(int32_t))
+    memcpy(base + at[2], s.pair_keys, (s.pair_mask + 1) * sizeof(uint64_t))
+    memcpy(base + at[3], s.pair_vals, (s.pair_mask + 1) * sizeof(int32_t))
+    memcpy(base + at[4], s.special, n)
+    memcpy(base + at[5], s.data, total)
+    return PGLLM_OK
+
+
+cdef int _image_tables_valid(const BPEState *s) noexcept nogil:
+    """Every id in range and every probe sequence ends: what the encoder and
+    decoder rely on to stay inside the image."""
+    cdef int64_t i, n = s.n_tokens, empty = 0
+    cdef uint64_t k
+    if s.offsets[0] != 0:
+        return 0
+    for i in range(n):
+        if s.offsets[i + 1] < s.offsets[i]:
+            return 0
+    for i in range(256):
+        if s.byte_id[i] < 0 or s.byte_id[i] >= n:
+            return 0
+    for i in range(s.tok_mask + 1):
+        if s.tok_slots[i] == -1:
+            empty = empty + 1
+        elif s.tok_slots[i] < 0 or s.tok_slots[i] >= n:
+            return 0
+    if empty == 0:
+        return 0
+    empty = 0
+    for i in range(s.pair_mask + 1):
+        k = s.pair_keys[i]
+        if k == <uint64_t> 0xFFFFFFFFFFFFFFFFULL:
+            empty = empty + 1
+        elif (k >> 32) >= <uint64_t> n or <uint64_t> <uint32_t> k >= <uint64_t> n or \
+                s.pair_vals[i] < 0 or s.pair_vals[i] >= n:
+            return 0
+    return empty > 0
+
+
+cdef public int pgllm_bpe_from_image(const void *image, int64_t size, PgllmBPE **out) noexcept nogil:
+    cdef const BPEImageHeader *h = <const BPEImageHeader *> image
+    cdef const char *base = <const char *> image
+    cdef int64_t at[IMAGE_SECTIONS]
+    cdef BPEState *s
+    out[0] = NULL
+    if (size < <int64_t> sizeof(BPEImageHeader) or
+            memcmp(h.magic, PGLLM_BPE_IMAGE_MAGIC, sizeof(h.magic)) != 0 or
+            h.n_tokens <= 0 or h.n_tokens > PGLLM_BPE_MAX_TOKENS or
+            h.data_bytes < 0 or h.data_bytes > PGLLM_BPE_MAX_BYTES or
+            h.tok_mask < 0 or h.tok_mask > IMAGE_MAX_MASK or (h.tok_mask & (h.tok_mask + 1)) != 0 or
+            h.pair_mask < 0 or h.pair_mask > IMAGE_MAX_MASK or (h.pair_mask & (h.pair_mask + 1)) != 0 or
+            _image_layout(h.n_tokens, h.data_bytes, h.tok_mask, h.pair_mask, at) != size):
+        return PGLLM_EINVAL
+    if not pgllm__uclass_ready:
+        _build_uclass()
+    s = <BPEState *> calloc(1, sizeof(BPEState))
+    if s == NULL:
+        return PGLLM_ENOMEM
+    s.borrowed = 1
+    s.n_tokens = h.n_tokens
+    s.tok_mask = h.tok_mask
+    s.pair_mask = h.pair_mask
+    memcpy(s.byte_id, h.byte_id, sizeof(s.byte_id))
+    s.offsets = <int64_t *> (base + at[0])
+    s.tok_slots = <int32_t *> (base + at[1])
+    s.pair_keys = <uint64_t *> (base + at[2])
+    s.pair_vals = <int32_t *> (base + at[3])
+    s.special = <uint8_t *> (base + at[4])
+    s.data = <uint8_t *> (base + at[5])
+    if not _image_tables_valid(s) or s.offsets[s.n_tokens] != h.data_bytes:
+        _bpe_free_state(s)
+        return PGLLM_EINVAL
+    if not _alloc_private(s):
+        _bpe_free_state(s)
+        return PGLLM_ENOMEM
+    out[0] = <PgllmBPE *> s
+    return PGLLM_OK
 
 
 cdef public int64_t pgllm_bpe_n_tokens(const PgllmBPE *bpe) noexcept nogil:
@@ -1126,11 +1284,25 @@ cdef class Tokenizer:
     """GPT-2's byte-level BPE (the code llm_encode / llm_decode run)."""
     cdef PgllmBPE *bpe
     cdef readonly int64_t n_tokens
+    cdef object _image              # the bytes a tokenizer from_image reads
 
-    def __cinit__(self, const uint8_t[::1] data, const int64_t[::1] offsets,
-                  const uint8_t[::1] special):
+    def __cinit__(self, const uint8_t[::1] data=None, const int64_t[::1] offsets=None,
+                  const uint8_t[::1] special=None, *, image=None):
         cdef int status = 0
-        cdef int64_t n = offsets.shape[0] - 1, i
+        cdef int64_t n, i
+        cdef const uint8_t[::1] iv
+        if image is not None:
+            self._image = bytes(image)
+            iv = self._image
+            status = pgllm_bpe_from_image(&iv[0] if iv.shape[0] else NULL, iv.shape[0], &self.bpe)
+            if status == PGLLM_EINVAL:
+                raise ValueError("Tokenizer: not a tokenizer image, or a damaged one")
+            _check_status(status)
+            self.n_tokens = pgllm_bpe_n_tokens(self.bpe)
+            return
+        if data is None or offsets is None or special is None:
+            raise TypeError("Tokenizer(data, offsets, special) or Tokenizer(image=...)")
+        n = offsets.shape[0] - 1
         if n <= 0 or special.shape[0] != n or offsets[0] != 0 or offsets[n] > data.shape[0]:
             raise ValueError("Tokenizer: inconsistent vocabulary arrays")
         for i in range(n):
@@ -1147,6 +1319,15 @@ cdef class Tokenizer:
     def __dealloc__(self):
         if self.bpe != NULL:
             pgllm_bpe_free(self.bpe)
+
+    def image(self):
+        """The tokenizer's tables as bytes (what the server's cache file holds);
+        Tokenizer(image=...) uses them without building anything."""
+        cdef int64_t size = pgllm_bpe_image_size(self.bpe)
+        out = bytearray(size)
+        cdef unsigned char[::1] ov = out
+        _check_status(pgllm_bpe_image_write(self.bpe, &ov[0], size))
+        return bytes(out)
 
     @classmethod
     def from_files(cls, vocab_path, merges_path=None):

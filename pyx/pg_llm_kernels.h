@@ -359,6 +359,16 @@ typedef struct PgllmBPE PgllmBPE;
 int			pgllm_bpe_create(int64_t n_tokens, const uint8_t *data, const int64_t *offsets,
 							 const uint8_t *special, PgllmBPE **out, const int *cancel);
 void		pgllm_bpe_free(PgllmBPE *bpe);
+/* A built tokenizer's tables as one flat block (an image) that another
+ * process can use in place: pgllm_bpe_image_size bytes, written by
+ * pgllm_bpe_image_write (deterministic; PGLLM_EINVAL if size is not the
+ * image's).  pgllm_bpe_from_image makes a tokenizer that reads the image,
+ * which must outlive it and stay unchanged, and keeps only its piece cache
+ * to itself; PGLLM_EINVAL if the image is not one (every size, id and probe
+ * sequence is checked, so a damaged image cannot lead outside it). */
+int64_t		pgllm_bpe_image_size(const PgllmBPE *bpe);
+int			pgllm_bpe_image_write(const PgllmBPE *bpe, void *out, int64_t size);
+int			pgllm_bpe_from_image(const void *image, int64_t size, PgllmBPE **out);
 int64_t		pgllm_bpe_n_tokens(const PgllmBPE *bpe);
 /* UTF-8 text -> ids (at most cap of them, *n_ids of them); PGLLM_EINVAL
  * when cap is too small; restartable */

@@ -1,9 +1,10 @@
-"""The shared weight cache (pyx/shim/shared_cache.c): one file per
-(database, model, version) that every backend using the model maps, so the
-server holds one copy; a new version gets a new file and the old one goes
-when nobody maps it; llm_drop_model removes the files; a damaged file or one
-of another server is rebuilt before use; files nobody maps make room under
-pg_llm.model_cache_mb; with no room on disk a backend keeps a private copy.
+"""The shared cache (pyx/shim/shared_cache.c): one file per (database,
+model, version, format) that every backend using the model maps, so the
+server holds one copy of its weights and one of its built tokenizer; a new
+version gets a new file and the old one goes when nobody maps it;
+llm_drop_model removes the files; a damaged file or one of another server is
+rebuilt before use; files nobody maps make room under pg_llm.model_cache_mb;
+with no room on disk a backend keeps a private copy.
 (A kill -9 during a build: test_crash.py.)"""
 import os
 import stat
@@ -14,7 +15,8 @@ import time
 import psycopg
 import pytest
 
-from helpers import create_model, server_setting, sql_value
+from helpers import create_model, load_tokenizer, server_setting, sql_value
+from pg_llm_cy import kernels as K
 
 M = "shared_m"
 SHAPE = dict(n_layer=2, n_head=2, n_embd=128, n_positions=64)     # 29 MB
@@ -32,16 +34,17 @@ def cache_dir(cluster):
     return os.path.join(cluster.data, "pgsql_tmp_pg_llm_cache")
 
 
-def cache_files(cluster):
+def cache_files(cluster, fmt="float32"):
     d = cache_dir(cluster)
-    return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".float32")) \
+    return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith("." + fmt)) \
         if os.path.isdir(d) else []
 
 
-def file_of(cluster, conn, model=M):
-    version = sql_value(conn, "SELECT version FROM llm_model_config WHERE model = %s", (model,))
-    hits = [f for f in cache_files(cluster) if f.endswith(f".{version}.float32")]
-    assert len(hits) == 1, (version, cache_files(cluster))
+def file_of(cluster, conn, model=M, fmt="float32"):
+    column = "tokenizer_version" if fmt == "tokenizer" else "version"
+    version = sql_value(conn, f"SELECT {column} FROM llm_model_config WHERE model = %s", (model,))
+    hits = [f for f in cache_files(cluster, fmt) if f.endswith(f".{version}.{fmt}")]
+    assert len(hits) == 1, (version, cache_files(cluster, fmt))
     return hits[0]
 
 
@@ -310,3 +313,96 @@ def test_a_version_number_handed_out_again_is_another_model(pg_dsn, conn, cluste
         with psycopg.connect(pg_dsn, autocommit=True) as b:
             assert logits(b) == want
             assert stats(b)[0] == 1              # b rebuilt the file
+
+
+# ---------------------------------------------------------------------------
+# the tokenizer: built once per server, mapped by every backend
+# ---------------------------------------------------------------------------
+TEXT = "The quick brown fox, naïve café \u4e2d\u6587 -- 12345 tokens!"
+
+
+@pytest.fixture
+def tok_model(conn, model, data_dir):
+    load_tokenizer(conn, M, data_dir)
+    return M
+
+
+def encode(c, model=M):
+    return sql_value(c, "SELECT llm_encode(%s, %s)", (TEXT, model))
+
+
+def pid_of(c):
+    return sql_value(c, "SELECT pg_backend_pid()")
+
+
+def test_the_tokenizer_is_built_once_and_mapped_by_every_backend(pg_dsn, conn, cluster, tok_model, data_dir):
+    with psycopg.connect(pg_dsn, autocommit=True) as a, psycopg.connect(pg_dsn, autocommit=True) as b:
+        want = list(K.Tokenizer.from_files(f"{data_dir}/gpt2/vocab.json").encode(TEXT))
+        assert encode(a) == want
+        path = file_of(cluster, a, fmt="tokenizer")
+        inode = os.stat(path).st_ino
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert encode(b) == want
+        assert os.stat(path).st_ino == inode            # b did not build it again
+        for c in (a, b):                                # each reads the file's pages
+            rss, _ = mapping_kb(pid_of(c), path)
+            assert rss > 0
+        (version, mb, backends), = a.execute(
+            "SELECT version, mb, backends FROM llm_cache WHERE model = %s AND format = 'tokenizer'",
+            (M,)).fetchall()
+        assert version == sql_value(a, "SELECT tokenizer_version FROM llm_model_config WHERE model = %s", (M,))
+        assert mb * 2**20 == os.path.getsize(path) and set(backends) == {pid_of(a), pid_of(b)}
+        # the weights' file is another one, and generation uses both
+        assert sql_value(b, "SELECT llm_generate('Hello', 3, 0, model => %s)", (M,))
+        assert set(r[0] for r in b.execute("SELECT format FROM llm_cache WHERE model = %s", (M,))) \
+            == {"float32", "tokenizer"}
+
+
+def test_a_new_tokenizer_gets_a_new_file_and_the_old_one_goes(pg_dsn, conn, cluster, tok_model, data_dir):
+    with psycopg.connect(pg_dsn, autocommit=True) as a:
+        want = encode(a)
+        old = file_of(cluster, conn, fmt="tokenizer")
+        load_tokenizer(conn, M, data_dir)               # the same files: a new tokenizer_version
+        with psycopg.connect(pg_dsn, autocommit=True) as b:
+            assert encode(b) == want
+        new = file_of(cluster, conn, fmt="tokenizer")
+        assert new != old and os.path.exists(old)       # a still maps the old one
+        assert encode(a) == want                        # a moves on: nobody maps the old file
+        assert not os.path.exists(old) and not os.path.exists(old + ".ok")
+        assert os.path.exists(new)
+
+
+def test_drop_removes_the_tokenizer_file(pg_dsn, conn, cluster, tok_model):
+    with psycopg.connect(pg_dsn, autocommit=True) as a:
+        encode(a)
+        path = file_of(cluster, conn, fmt="tokenizer")
+        a.execute("SELECT llm_drop_model(%s)", (M,))   # a maps it itself, and lets go at commit
+        assert not os.path.exists(path) and not os.path.exists(path + ".ok")
+        assert sql_value(a, "SELECT count(*) FROM llm_cache WHERE model = %s", (M,)) == 0
+
+
+@pytest.mark.parametrize("damage", [damage_data, truncate, another_server], ids=lambda f: f.__name__)
+def test_a_damaged_tokenizer_file_is_rebuilt(pg_dsn, conn, cluster, tok_model, damage):
+    with psycopg.connect(pg_dsn, autocommit=True) as a:
+        want = encode(a)
+    path = file_of(cluster, conn, fmt="tokenizer")
+    whole = file_bytes(path)
+    damage(path)
+    with psycopg.connect(pg_dsn, autocommit=True) as b:
+        assert encode(b) == want
+    assert file_bytes(path) == whole                    # written anew, the same bytes
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        inode = os.stat(path).st_ino
+        assert encode(c) == want and os.stat(path).st_ino == inode
+
+
+def test_a_tokenizer_this_transaction_loaded_is_not_shared(pg_dsn, conn, cluster, model, data_dir):
+    with psycopg.connect(pg_dsn) as a:                  # one transaction
+        load_tokenizer(a, M, data_dir)
+        version = sql_value(a, "SELECT tokenizer_version FROM llm_model_config WHERE model = %s", (M,))
+        mine = encode(a)
+        assert not [f for f in cache_files(cluster, "tokenizer") if f.endswith(f".{version}.tokenizer")]
+        a.commit()
+    with psycopg.connect(pg_dsn, autocommit=True) as b:
+        assert encode(b) == mine
+        assert file_of(cluster, b, fmt="tokenizer").endswith(f".{version}.tokenizer")

@@ -98,6 +98,126 @@ def test_duplicates_empty_and_special_tokens():
 
 
 # ---------------------------------------------------------------------------
+# images: the built tables every backend maps from the server's cache file
+# ---------------------------------------------------------------------------
+IMAGE_HEADER = 1072         # magic, n_tokens, data_bytes, tok_mask, pair_mask, byte_id[256]
+
+
+def align64(n):
+    return (n + 63) // 64 * 64
+
+
+def image_sections(img):
+    """Start of each section (offsets, tok_slots, pair_keys, pair_vals,
+    special, data) as bpe.pxi's _image_layout places them."""
+    n, data_bytes, tok_mask, pair_mask = np.frombuffer(img, np.int64, 4, 16)
+    at = [align64(IMAGE_HEADER)]
+    for size in ((n + 1) * 8, (tok_mask + 1) * 4, (pair_mask + 1) * 8, (pair_mask + 1) * 4, n):
+        at.append(align64(at[-1] + int(size)))
+    return dict(zip(("offsets", "tok_slots", "pair_keys", "pair_vals", "special", "data"), at)), int(n)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_an_image_encodes_as_the_tokenizer_it_was_made_from(seed):
+    rng = random.Random(seed)
+    alphabet = b"abc \xc3\xa9!1"
+    tokens = [bytes([b]) for b in range(256)]
+    while len(tokens) < 256 + rng.randrange(5, 400):
+        t = bytes(rng.choice(alphabet) for _ in range(rng.randrange(2, 9)))
+        if t not in tokens:
+            tokens.append(t)
+    tok = K.Tokenizer(*arrays(tokens, [0] * (len(tokens) - 1) + [1]))
+    img = tok.image()
+    assert K.Tokenizer(*arrays(tokens, [0] * (len(tokens) - 1) + [1])).image() == img   # deterministic
+    mapped = K.Tokenizer(image=img)
+    assert mapped.n_tokens == tok.n_tokens and mapped.image() == img
+    for _ in range(50):
+        text = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 120))).decode("utf-8", "replace")
+        ids = tok.encode(text)
+        assert list(mapped.encode(text)) == list(ids)
+        assert mapped.decode_bytes(ids) == tok.decode_bytes(ids)
+
+
+def test_the_gpt2_image_encodes_as_the_gpt2_tokenizer(data_dir):
+    tok = K.Tokenizer.from_files(f"{data_dir}/gpt2/vocab.json")
+    mapped = K.Tokenizer(image=tok.image())
+    with open(f"{data_dir}/tinyshakespeare.txt", encoding="utf-8") as f:
+        text = f.read()
+    assert np.array_equal(mapped.encode(text), tok.encode(text))
+
+
+def damaged_images(img):
+    """(what, bytes) for damage the image check must refuse."""
+    at, n = image_sections(img)
+
+    def put(offset, dtype, value):
+        b = bytearray(img)
+        b[offset:offset + np.dtype(dtype).itemsize] = np.array([value], dtype).tobytes()
+        return bytes(b)
+    tok_slots = np.frombuffer(img, np.int32, count=(at["pair_keys"] - at["tok_slots"]) // 4,
+                              offset=at["tok_slots"])
+    used_slot = at["tok_slots"] + 4 * int(np.flatnonzero(tok_slots >= 0)[0])
+    keys = np.frombuffer(img, np.uint64, count=(at["pair_vals"] - at["pair_keys"]) // 8,
+                         offset=at["pair_keys"])
+    used_pair = int(np.flatnonzero(keys != np.uint64(2**64 - 1))[0])
+    full = bytearray(img)
+    full[at["tok_slots"]:at["pair_keys"]] = bytes(at["pair_keys"] - at["tok_slots"])   # every slot id 0
+    return [
+        ("magic", put(0, np.uint8, ord("x"))),
+        ("truncated", img[:-64]),
+        ("longer", img + bytes(64)),
+        ("empty", b""),
+        ("n_tokens 0", put(16, np.int64, 0)),
+        ("n_tokens beyond the image", put(16, np.int64, n + 1000)),
+        ("tok_mask not a power of two less one", put(32, np.int64, 6)),
+        ("pair_mask huge", put(40, np.int64, 2**40 - 1)),
+        ("byte id out of range", put(48, np.int32, n)),
+        ("offsets decrease", put(at["offsets"] + 8, np.int64, -5)),
+        ("last offset beyond the data", put(at["offsets"] + 8 * n, np.int64, 10**6)),
+        ("token id out of range", put(used_slot, np.int32, n)),
+        ("no empty token slot: a probe would not end", bytes(full)),
+        ("merged id out of range", put(at["pair_vals"] + 4 * used_pair, np.int32, -7)),
+        ("pair of an id out of range", put(at["pair_keys"] + 8 * used_pair, np.uint64, (n + 3) << 32)),
+    ]
+
+
+def test_damaged_images_are_refused():
+    tok = K.Tokenizer(*arrays(chain(40) + [b"ab", b"ba", b"aab"]))
+    for what, img in damaged_images(tok.image()):
+        with pytest.raises(ValueError, match="not a tokenizer image"):
+            K.Tokenizer(image=img)
+            pytest.fail(what)
+
+
+def test_any_accepted_image_is_safe_to_use():
+    """Random damage: either refused, or a tokenizer that encodes and
+    decodes inside its image (run where a crash cannot take pytest down)."""
+    code = ("import random\nfrom pg_llm_cy import _kernels as K\n"
+            "import numpy as np\n"
+            "toks = [bytes([b]) for b in range(256)] + [b'a' * k for k in range(2, 40)] + [b'ab', b' b', b'ba']\n"
+            "data = np.frombuffer(b''.join(toks), np.uint8).copy()\n"
+            "off = np.zeros(len(toks) + 1, np.int64); off[1:] = np.cumsum([len(t) for t in toks])\n"
+            "img = K.Tokenizer(data, off, np.zeros(len(toks), np.uint8)).image()\n"
+            "rng = random.Random(5); accepted = 0\n"
+            "for _ in range(3000):\n"
+            "    b = bytearray(img)\n"
+            "    for _ in range(rng.randrange(1, 4)):\n"
+            "        b[rng.randrange(len(b))] = rng.randrange(256)\n"
+            "    try:\n"
+            "        t = K.Tokenizer(image=bytes(b))\n"
+            "    except ValueError:\n"
+            "        continue\n"
+            "    accepted += 1\n"
+            "    ids = t.encode('aaaa ab ba aab  b' * 3)\n"
+            "    t.decode_bytes(ids); t.decode_bytes(list(range(len(toks))))\n"
+            "print('ok', accepted)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(K.__file__)))
+    assert r.returncode == 0 and r.stdout.startswith("ok"), (r.returncode, r.stderr[-2000:])
+    assert int(r.stdout.split()[1]) > 100       # damage to token bytes and padding is harmless
+
+
+# ---------------------------------------------------------------------------
 # rows written straight into the tables
 # ---------------------------------------------------------------------------
 def write_vocab(c, model, tokens, merges=((97, 97, 256),), bump=True):

@@ -56,7 +56,7 @@ cache_free(PgllmModel *victim, bool outdated)
 			break;
 		}
 	if (victim->shared.base != NULL)
-		pgllm_shared_weights_unmap(&victim->shared, outdated);
+		pgllm_shared_unmap(&victim->shared, outdated);
 	else
 		pfree(victim->alloc);
 	pfree(victim->name);
@@ -122,6 +122,25 @@ cache_make_room(const char *name, int64 need)
 	}
 }
 
+/* a new cache file's data: the parameters, read from the table */
+typedef struct WeightsFill
+{
+	const char *name;
+	const PgllmGPT2Config *cfg;
+} WeightsFill;
+
+static void
+fill_weights(void *dst, int64 data_len, void *arg)
+{
+	WeightsFill *w = arg;
+
+	if (!pgllm_params_read(w->name, w->cfg, "data", (float *) dst))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("model \"%s\" has no parameters", w->name)));
+	pgllm_stats.model_loads++;
+}
+
 PgllmModel *
 pgllm_model_acquire(const char *name)
 {
@@ -185,21 +204,23 @@ pgllm_model_acquire(const char *name)
 		/* a version this transaction wrote may never commit: not shared */
 		if (!written_here)
 		{
-			shared = pgllm_shared_weights_map(name, &cfg, config_table, version, updated_at, nfloats,
-											  &e->shared);
+			PgllmCacheKey key = {name, PGLLM_CACHE_FLOAT32, config_table, version, updated_at};
+			WeightsFill fill = {name, &cfg};
+			int64		bytes = nfloats * (int64) sizeof(float);
+
+			shared = pgllm_shared_map(&key, bytes, fill_weights, &fill, &e->shared);
 			if (shared == PGLLM_SHARED_NO_ROOM)
 			{
 				/* this backend's own mappings count too: let them go, then retry */
 				forget_unpinned(NULL);
-				shared = pgllm_shared_weights_map(name, &cfg, config_table, version, updated_at,
-												  nfloats, &e->shared);
+				shared = pgllm_shared_map(&key, bytes, fill_weights, &fill, &e->shared);
 				if (shared == PGLLM_SHARED_NO_ROOM)
-					pgllm_shared_weights_no_room(name, nfloats);
+					pgllm_shared_no_room(name, bytes);
 			}
 		}
 		if (shared == PGLLM_SHARED_MAPPED)
 		{
-			e->params = e->shared.params;
+			e->params = (const float *) e->shared.data;
 			pgllm_stats.model_maps++;
 		}
 		else
@@ -227,7 +248,7 @@ pgllm_model_acquire(const char *name)
 	PG_CATCH();
 	{
 		if (e->shared.base != NULL)
-			pgllm_shared_weights_unmap(&e->shared, false);
+			pgllm_shared_unmap(&e->shared, false);
 		if (e->alloc)
 			pfree(e->alloc);
 		pfree(e->name);
@@ -333,7 +354,8 @@ pg_llm_drop_model(PG_FUNCTION_ARGS)
 	/* its cache files go now (a rollback only costs a rebuild); this
 	 * backend's mapping first, so that its lock does not keep one */
 	forget_unpinned(name);
-	pgllm_shared_weights_forget(name);
+	pgllm_tokenizer_forget(name);	/* (its file goes when the transaction ends) */
+	pgllm_shared_forget(name);
 	PG_RETURN_VOID();
 }
 

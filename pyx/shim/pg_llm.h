@@ -149,17 +149,34 @@ extern int64 pgllm_memory_in_use(void);
 
 /* A model's parameters cached in this backend: one aligned buffer in the
  * kernels' layout, keyed by (name, version).  Pinned while in use. */
-/* ---- the shared weight cache (shared_cache.c) ---- */
+/* ---- the shared cache (shared_cache.c) ---- */
 
-/* a model's weights mapped from its cache file, with a shared lock held */
-typedef struct PgllmSharedWeights
+/* a cache file mapped read-only, with a shared lock held */
+typedef struct PgllmSharedFile
 {
 	void	   *base;			/* the mapping (NULL: none) */
 	size_t		len;
 	int			fd;				/* holds the shared flock */
-	const float *params;
+	const void *data;			/* the contents, after the header */
+	int64		data_len;
 	char		path[MAXPGPATH];
-} PgllmSharedWeights;
+} PgllmSharedFile;
+
+/* what a cache file holds: one format of one version of one model of this
+ * database's llm_model_config */
+#define PGLLM_CACHE_FLOAT32		"float32"	/* the weights, in the kernels' layout */
+#define PGLLM_CACHE_TOKENIZER	"tokenizer" /* the built tokenizer's image */
+typedef struct PgllmCacheKey
+{
+	const char *model;
+	const char *format;			/* PGLLM_CACHE_* */
+	Oid			config_table;	/* llm_model_config's OID */
+	int64		version;		/* version, or tokenizer_version */
+	int64		updated_at;		/* the config row's, read with the version */
+} PgllmCacheKey;
+
+/* writes the data_len bytes of a new cache file at dst; ERROR on failure */
+typedef void (*PgllmCacheFill) (void *dst, int64 data_len, void *arg);
 
 typedef enum PgllmSharedResult
 {
@@ -168,21 +185,22 @@ typedef enum PgllmSharedResult
 	PGLLM_SHARED_NO_ROOM		/* pg_llm.model_cache_mb is full of files in use */
 } PgllmSharedResult;
 
-/* map (this database's config table, model, version) from its cache file,
- * built from the table when missing or invalid */
-extern PgllmSharedResult pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg,
-												  Oid config_table, int64 version, int64 updated_at,
-												  int64 nfloats, PgllmSharedWeights *out);
+/* map the file of key, built with fill (data_len bytes) when missing or
+ * invalid */
+extern PgllmSharedResult pgllm_shared_map(const PgllmCacheKey *key, int64 data_len,
+										  PgllmCacheFill fill, void *arg, PgllmSharedFile *out);
+/* map the file of key if a valid one exists (of any size); never builds */
+extern bool pgllm_shared_open(const PgllmCacheKey *key, PgllmSharedFile *out);
 /* pg_llm.model_cache_mb in bytes; ERROR (54000) if a model of `need` bytes
  * can never fit (the shared cache and private copies share the bound) */
 extern int64 pgllm_model_cache_limit(const char *model, int64 need);
 /* the ERROR (54000) of PGLLM_SHARED_NO_ROOM */
-extern pg_noreturn void pgllm_shared_weights_no_room(const char *model, int64 nfloats);
+extern pg_noreturn void pgllm_shared_no_room(const char *model, int64 data_len);
 /* unmap; outdated: a newer version exists, so remove the file if nobody
  * else maps it */
-extern void pgllm_shared_weights_unmap(PgllmSharedWeights *w, bool outdated);
+extern void pgllm_shared_unmap(PgllmSharedFile *w, bool outdated);
 /* remove the model's files in this database that nobody maps (llm_drop_model) */
-extern void pgllm_shared_weights_forget(const char *model);
+extern void pgllm_shared_forget(const char *model);
 
 typedef struct PgllmModel
 {
@@ -191,7 +209,7 @@ typedef struct PgllmModel
 	PgllmGPT2Config cfg;
 	const float *params;		/* pgllm_gpt2_param_sizes() floats */
 	int64		nfloats;
-	PgllmSharedWeights shared;	/* shared.base != NULL: params are mapped */
+	PgllmSharedFile shared;		/* shared.base != NULL: params are mapped */
 	void	   *alloc;			/* else the private copy, to free */
 	int			pins;
 	bool		stale;			/* a newer version exists: free when unpinned */
@@ -335,8 +353,11 @@ extern void pgllm_split_free(PgllmSplit *s);
 
 /* ---- tokenizer (tokenizer.c) ---- */
 
-/* the model's tokenizer (cached per backend); ERROR if it has none */
+/* the model's tokenizer (mapped from the server's cache file, or this
+ * backend's own); valid until the transaction ends; ERROR if it has none */
 extern PgllmBPE *pgllm_tokenizer_get(const char *model);
+/* let the model's tokenizers go when the transaction ends */
+extern void pgllm_tokenizer_forget(const char *model);
 
 /* server-encoded text -> token ids (palloc'd) */
 extern int32 *pgllm_encode_text(PgllmBPE *bpe, const char *str, int len, int64 *ntokens);

@@ -1,9 +1,11 @@
 /*
- * shared_cache.c -- one copy of each model's weights per server: a cache
- * file per (database, config table, model, version, format) under the data
- * directory,
- * mapped read-only and MAP_SHARED by every backend, so that the page cache
- * holds the one copy.  It needs neither shared_preload_libraries nor
+ * shared_cache.c -- one copy of each model's weights and tokenizer per
+ * server: a cache file per (database, config table, model, version, format)
+ * under the data directory, mapped read-only and MAP_SHARED by every
+ * backend, so that the page cache holds the one copy.  The format names the
+ * contents ("float32" weights, the "tokenizer" image); what goes in a file
+ * is the caller's (a fill callback), how files are named, checked, shared,
+ * bounded and removed is this file's.  It needs neither shared_preload_libraries nor
  * POSIX shared memory (Docker's /dev/shm is 64 MB).  ARCHITECTURE.md has the
  * decision and its reasons.
  *
@@ -53,10 +55,10 @@
 #include "utils/timestamp.h"
 
 #define CACHE_DIR_NAME	"pgsql_tmp_pg_llm_cache"	/* pgsql_tmp*: base backups skip it */
-#define CACHE_MAGIC		"pg_llm weights\n"
-#define CACHE_LAYOUT	1
-#define CACHE_DATA_OFFSET 4096		/* the header's page; the floats start page-aligned */
-#define CACHE_FORMAT	"float32"
+#define CACHE_MAGIC		"pg_llm cache\n"
+#define CACHE_LAYOUT	2			/* 2: data_len in bytes, any format */
+#define CACHE_DATA_OFFSET 4096		/* the header's page; the data starts page-aligned */
+#define CACHE_FORMAT_LEN 16
 
 typedef struct PgllmCacheHeader
 {
@@ -70,11 +72,11 @@ typedef struct PgllmCacheHeader
 	Oid			config_table;	/* llm_model_config's OID */
 	int32		unused;
 	int64		updated_at;		/* the config row's, with the version */
-	int64		nfloats;
+	int64		data_len;		/* bytes */
 	int64		data_offset;
-	uint64		data_checksum;	/* pgllm_checksum64 of the floats */
+	uint64		data_checksum;	/* pgllm_checksum64 of the data */
 	int64		built_at;		/* TimestampTz */
-	char		format[16];
+	char		format[CACHE_FORMAT_LEN];
 	char		model[1024];	/* 200 characters of UTF-8 fit */
 } PgllmCacheHeader;
 
@@ -106,16 +108,25 @@ model_hash(const char *model)
 	return hash_bytes_extended((const unsigned char *) model, strlen(model), 0);
 }
 
-/* <database oid>.<config table oid>.<model hash>.<version>.float32 */
-static char *
-cache_file_name(Oid database, Oid config_table, const char *model, int64 version)
+/* what a file of this format holds, for messages */
+static const char *
+contents_of(const PgllmCacheKey *key)
 {
-	return psprintf("%u.%u.%016llx.%lld." CACHE_FORMAT, database, config_table,
-					(unsigned long long) model_hash(model), (long long) version);
+	return strcmp(key->format, PGLLM_CACHE_TOKENIZER) == 0 ? "tokenizer" : "weights";
+}
+
+/* <database oid>.<config table oid>.<model hash>.<version>.<format> */
+static char *
+cache_file_name(Oid database, const PgllmCacheKey *key)
+{
+	return psprintf("%u.%u.%016llx.%lld.%s", database, key->config_table,
+					(unsigned long long) model_hash(key->model), (long long) key->version,
+					key->format);
 }
 
 static bool
-parse_cache_file_name(const char *name, Oid *database, uint64 *hash, int64 *version)
+parse_cache_file_name(const char *name, Oid *database, uint64 *hash, int64 *version,
+					  char *format)
 {
 	unsigned int db,
 				table;
@@ -123,7 +134,7 @@ parse_cache_file_name(const char *name, Oid *database, uint64 *hash, int64 *vers
 	long long	v;
 	int			end = 0;
 
-	if (sscanf(name, "%u.%u.%16llx.%lld.float32%n", &db, &table, &h, &v, &end) != 4 ||
+	if (sscanf(name, "%u.%u.%16llx.%lld.%15[a-z0-9]%n", &db, &table, &h, &v, format, &end) != 5 ||
 		name[end] != '\0')
 		return false;
 	*database = db;
@@ -140,9 +151,9 @@ cache_dir_ready(void)
 	{
 		ereport(WARNING,
 				(errcode_for_file_access(),
-				 errmsg("pg_llm: could not create the shared weight cache directory \"%s\": %m",
+				 errmsg("pg_llm: could not create the shared cache directory \"%s\": %m",
 						cache_dir()),
-				 errdetail("This backend keeps its own copy of the model's weights.")));
+				 errdetail("This backend keeps its own copies of the models' weights and tokenizers.")));
 		return false;
 	}
 	return true;
@@ -165,44 +176,44 @@ header_crc(const PgllmCacheHeader *h)
 }
 
 static void
-header_fill(PgllmCacheHeader *h, const char *model, Oid config_table, int64 version,
-			int64 updated_at, int64 nfloats)
+header_fill(PgllmCacheHeader *h, const PgllmCacheKey *key, int64 data_len)
 {
 	memset(h, 0, sizeof(*h));
 	memcpy(h->magic, CACHE_MAGIC, sizeof(CACHE_MAGIC) - 1);
 	h->layout = CACHE_LAYOUT;
 	h->system_identifier = GetSystemIdentifier();
 	h->database = MyDatabaseId;
-	h->name_len = (int32) strlen(model);
-	h->version = version;
-	h->config_table = config_table;
-	h->updated_at = updated_at;
-	h->nfloats = nfloats;
+	h->name_len = (int32) strlen(key->model);
+	h->version = key->version;
+	h->config_table = key->config_table;
+	h->updated_at = key->updated_at;
+	h->data_len = data_len;
 	h->data_offset = CACHE_DATA_OFFSET;
 	h->built_at = GetCurrentTimestamp();
-	strlcpy(h->format, CACHE_FORMAT, sizeof(h->format));
-	memcpy(h->model, model, Min((size_t) h->name_len, sizeof(h->model) - 1));
+	strlcpy(h->format, key->format, sizeof(h->format));
+	memcpy(h->model, key->model, Min((size_t) h->name_len, sizeof(h->model) - 1));
 }
 
-/* the header is whole, this server's, and of what we want (model NULL: any) */
+/* the header is whole, this server's, and of what we want (key NULL: any;
+ * data_len -1: any size) */
 static bool
-header_valid(const PgllmCacheHeader *h, off_t file_size, const char *model, Oid config_table,
-			 int64 version, int64 updated_at, int64 nfloats)
+header_valid(const PgllmCacheHeader *h, off_t file_size, const PgllmCacheKey *key, int64 data_len)
 {
 	if (memcmp(h->magic, CACHE_MAGIC, sizeof(CACHE_MAGIC) - 1) != 0 ||
 		h->layout != CACHE_LAYOUT || h->header_crc != header_crc(h) ||
 		h->system_identifier != GetSystemIdentifier() ||
-		h->data_offset != CACHE_DATA_OFFSET || h->nfloats <= 0 ||
+		h->data_offset != CACHE_DATA_OFFSET || h->data_len <= 0 ||
 		h->name_len < 0 || h->name_len >= (int32) sizeof(h->model) ||
 		h->model[h->name_len] != '\0' ||
-		strcmp(h->format, CACHE_FORMAT) != 0 ||
-		file_size != h->data_offset + h->nfloats * (off_t) sizeof(float))
+		memchr(h->format, '\0', sizeof(h->format)) == NULL ||
+		file_size != h->data_offset + h->data_len)
 		return false;
-	if (model == NULL)
+	if (key == NULL)
 		return true;
-	return h->database == MyDatabaseId && h->config_table == config_table &&
-		strcmp(h->model, model) == 0 && h->version == version &&
-		h->updated_at == updated_at && h->nfloats == nfloats;
+	return h->database == MyDatabaseId && h->config_table == key->config_table &&
+		strcmp(h->model, key->model) == 0 && strcmp(h->format, key->format) == 0 &&
+		h->version == key->version && h->updated_at == key->updated_at &&
+		(data_len < 0 || h->data_len == data_len);
 }
 
 static bool
@@ -265,8 +276,7 @@ stamp_write(const char *path, const struct stat *st)
  * opening and mapping
  * ------------------------------------------------------------------------- */
 static OpenResult
-open_valid(const char *path, const char *model, Oid config_table, int64 version,
-		   int64 updated_at, int64 nfloats, PgllmSharedWeights *out)
+open_valid(const char *path, const PgllmCacheKey *key, int64 data_len, PgllmSharedFile *out)
 {
 	int			fd = open(path, O_RDONLY | O_CLOEXEC);
 	struct stat st,
@@ -283,8 +293,7 @@ open_valid(const char *path, const char *model, Oid config_table, int64 version,
 		close(fd);
 		return OPEN_MISSING;
 	}
-	if (!header_read(fd, &h) ||
-		!header_valid(&h, st.st_size, model, config_table, version, updated_at, nfloats))
+	if (!header_read(fd, &h) || !header_valid(&h, st.st_size, key, data_len))
 	{
 		close(fd);
 		return OPEN_INVALID;
@@ -298,12 +307,11 @@ open_valid(const char *path, const char *model, Oid config_table, int64 version,
 		errno = save;
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("pg_llm: could not map the shared weight cache file \"%s\": %m", path)));
+				 errmsg("pg_llm: could not map the shared cache file \"%s\": %m", path)));
 	}
 	if (!stamp_matches(path, &st))
 	{
-		if (pgllm_checksum64((const char *) base + h.data_offset,
-							 h.nfloats * (int64) sizeof(float)) != h.data_checksum)
+		if (pgllm_checksum64((const char *) base + h.data_offset, h.data_len) != h.data_checksum)
 		{
 			munmap(base, st.st_size);
 			close(fd);
@@ -315,14 +323,15 @@ open_valid(const char *path, const char *model, Oid config_table, int64 version,
 	out->len = st.st_size;
 	out->fd = fd;
 	strlcpy(out->path, path, sizeof(out->path));
-	out->params = (const float *) ((const char *) base + h.data_offset);
+	out->data = (const char *) base + h.data_offset;
+	out->data_len = h.data_len;
 	return OPEN_OK;
 }
 
 static bool remove_if_unmapped(const char *path);
 
 void
-pgllm_shared_weights_unmap(PgllmSharedWeights *w, bool outdated)
+pgllm_shared_unmap(PgllmSharedFile *w, bool outdated)
 {
 	if (w->base != NULL)
 		munmap(w->base, w->len);
@@ -364,6 +373,7 @@ typedef struct CacheFile
 	Oid			database;
 	uint64		hash;
 	int64		version;
+	char		format[CACHE_FORMAT_LEN];
 	off_t		size;
 	time_t		mtime;
 } CacheFile;
@@ -385,9 +395,10 @@ list_cache_files(void)
 		Oid			database;
 		uint64		hash;
 		int64		version;
+		char		format[CACHE_FORMAT_LEN];
 		char	   *path;
 
-		if (!parse_cache_file_name(de->d_name, &database, &hash, &version))
+		if (!parse_cache_file_name(de->d_name, &database, &hash, &version, format))
 			continue;
 		path = psprintf("%s/%s", cache_dir(), de->d_name);
 		if (stat(path, &st) != 0)
@@ -397,6 +408,7 @@ list_cache_files(void)
 		f->database = database;
 		f->hash = hash;
 		f->version = version;
+		strlcpy(f->format, format, sizeof(f->format));
 		f->size = st.st_size;
 		f->mtime = st.st_mtime;
 		files = lappend(files, f);
@@ -461,9 +473,9 @@ pgllm_model_cache_limit(const char *model, int64 need)
 }
 
 void
-pgllm_shared_weights_no_room(const char *model, int64 nfloats)
+pgllm_shared_no_room(const char *model, int64 data_len)
 {
-	int64		need = nfloats * (int64) sizeof(float) + CACHE_DATA_OFFSET;
+	int64		need = data_len + CACHE_DATA_OFFSET;
 
 	ereport(ERROR,
 			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -473,16 +485,16 @@ pgllm_shared_weights_no_room(const char *model, int64 nfloats)
 }
 
 /*
- * Under build.lock, before building `model` at `version` (need bytes):
- * other versions of the model in this database go, and then the oldest
- * files nobody maps until the new one fits pg_llm.model_cache_mb.  False if
- * the files in use leave no room.
+ * Under build.lock, before building the file of key (need bytes): other
+ * versions of the model's file of that format in this database go, and then
+ * the oldest files nobody maps until the new one fits pg_llm.model_cache_mb.
+ * False if the files in use leave no room.
  */
 static bool
-make_room(const char *model, int64 version, int64 need)
+make_room(const PgllmCacheKey *key, int64 need)
 {
-	int64		limit = pgllm_model_cache_limit(model, need);
-	uint64		hash = model_hash(model);
+	int64		limit = pgllm_model_cache_limit(key->model, need);
+	uint64		hash = model_hash(key->model);
 	List	   *files;
 	ListCell   *lc;
 	int64		total = 0;
@@ -493,8 +505,8 @@ make_room(const char *model, int64 version, int64 need)
 	{
 		CacheFile  *f = lfirst(lc);
 
-		if (f->database == MyDatabaseId && f->hash == hash && f->version != version &&
-			remove_if_unmapped(f->path))
+		if (f->database == MyDatabaseId && f->hash == hash && f->version != key->version &&
+			strcmp(f->format, key->format) == 0 && remove_if_unmapped(f->path))
 			f->size = 0;
 		total += f->size;
 	}
@@ -512,7 +524,7 @@ make_room(const char *model, int64 version, int64 need)
 }
 
 void
-pgllm_shared_weights_forget(const char *model)
+pgllm_shared_forget(const char *model)
 {
 	uint64		hash = model_hash(model);
 	ListCell   *lc;
@@ -585,13 +597,13 @@ fsync_or_error(int fd, const char *path)
 				 errmsg("pg_llm: could not fsync \"%s\": %m", path)));
 }
 
-/* write the file from the table; false (with a WARNING) if there is no room */
+/* write the file of key (fill gives its data); false (with a WARNING) if
+ * there is no room on disk */
 static bool
-build(const char *path, const char *model, const PgllmGPT2Config *cfg, Oid config_table,
-	  int64 version, int64 updated_at, int64 nfloats)
+build(const char *path, const PgllmCacheKey *key, int64 data_len, PgllmCacheFill fill, void *arg)
 {
 	char	   *tmp = psprintf("%s.tmp%d", path, MyProcPid);
-	off_t		size = CACHE_DATA_OFFSET + nfloats * (off_t) sizeof(float);
+	off_t		size = CACHE_DATA_OFFSET + data_len;
 	PgllmCacheHeader h;
 	int			fd,
 				rc;
@@ -602,8 +614,9 @@ build(const char *path, const char *model, const PgllmGPT2Config *cfg, Oid confi
 	{
 		ereport(WARNING,
 				(errcode_for_file_access(),
-				 errmsg("pg_llm: could not create the shared weight cache file \"%s\": %m", tmp),
-				 errdetail("This backend keeps its own copy of model \"%s\".", model)));
+				 errmsg("pg_llm: could not create the shared cache file \"%s\": %m", tmp),
+				 errdetail("This backend keeps its own copy of the %s of model \"%s\".",
+						   contents_of(key), key->model)));
 		return false;
 	}
 	/* reserve every block now: a full disk is an error here, not a SIGBUS later */
@@ -615,9 +628,9 @@ build(const char *path, const char *model, const PgllmGPT2Config *cfg, Oid confi
 		errno = rc;
 		ereport(WARNING,
 				(errcode(rc == ENOSPC ? ERRCODE_DISK_FULL : ERRCODE_IO_ERROR),
-				 errmsg("pg_llm: could not write the shared weight cache file of model \"%s\" (%lld MB): %m",
-						model, (long long) (size >> 20)),
-				 errdetail("This backend keeps its own copy of the model's weights."),
+				 errmsg("pg_llm: could not write the shared cache file of the %s of model \"%s\" (%lld MB): %m",
+						contents_of(key), key->model, (long long) (size >> 20)),
+				 errdetail("This backend keeps its own copy of the %s.", contents_of(key)),
 				 errhint("Free space in \"%s\".", cache_dir())));
 		return false;
 	}
@@ -631,12 +644,9 @@ build(const char *path, const char *model, const PgllmGPT2Config *cfg, Oid confi
 					(errcode(ERRCODE_OUT_OF_MEMORY),
 					 errmsg("pg_llm: could not map \"%s\": %m", tmp)));
 		}
-		if (!pgllm_params_read(model, cfg, "data", (float *) (base + CACHE_DATA_OFFSET)))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("model \"%s\" has no parameters", model)));
-		header_fill(&h, model, config_table, version, updated_at, nfloats);
-		h.data_checksum = pgllm_checksum64(base + CACHE_DATA_OFFSET, nfloats * (int64) sizeof(float));
+		fill(base + CACHE_DATA_OFFSET, data_len, arg);
+		header_fill(&h, key, data_len);
+		h.data_checksum = pgllm_checksum64(base + CACHE_DATA_OFFSET, data_len);
 		h.header_crc = header_crc(&h);
 		memcpy(base, &h, sizeof(h));
 		munmap(base, size);
@@ -670,27 +680,50 @@ build(const char *path, const char *model, const PgllmGPT2Config *cfg, Oid confi
 	return true;
 }
 
+static void
+shared_file_init(PgllmSharedFile *out)
+{
+	out->base = NULL;
+	out->len = 0;
+	out->fd = -1;
+	out->data = NULL;
+	out->data_len = 0;
+	out->path[0] = '\0';
+}
+
+static char *
+cache_path(const PgllmCacheKey *key)
+{
+	return psprintf("%s/%s", cache_dir(), cache_file_name(MyDatabaseId, key));
+}
+
+bool
+pgllm_shared_open(const PgllmCacheKey *key, PgllmSharedFile *out)
+{
+	shared_file_init(out);
+	if (access(cache_dir(), F_OK) != 0)
+		return false;
+	return open_valid(cache_path(key), key, -1, out) == OPEN_OK;
+}
+
 /*
- * Map this database's model at version: from its cache file, building the
- * file from the table when it is missing or invalid.
+ * Map this database's file of key: as it is, or built with fill (data_len
+ * bytes) when it is missing or invalid.
  */
 PgllmSharedResult
-pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, Oid config_table,
-						 int64 version, int64 updated_at, int64 nfloats, PgllmSharedWeights *out)
+pgllm_shared_map(const PgllmCacheKey *key, int64 data_len, PgllmCacheFill fill, void *arg,
+				 PgllmSharedFile *out)
 {
 	char	   *path;
 	int			attempt;
 
-	out->base = NULL;
-	out->len = 0;
-	out->fd = -1;
-	out->path[0] = '\0';
+	shared_file_init(out);
 	if (!cache_dir_ready())
 		return PGLLM_SHARED_UNAVAILABLE;
-	path = psprintf("%s/%s", cache_dir(), cache_file_name(MyDatabaseId, config_table, model, version));
+	path = cache_path(key);
 	for (attempt = 0; attempt < 3; attempt++)
 	{
-		volatile OpenResult r = open_valid(path, model, config_table, version, updated_at, nfloats, out);
+		volatile OpenResult r = open_valid(path, key, data_len, out);
 		volatile bool built = false;
 		volatile bool room = true;
 
@@ -700,7 +733,7 @@ pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, Oid conf
 		PG_TRY();
 		{
 			/* another backend may have built it while we waited */
-			r = open_valid(path, model, config_table, version, updated_at, nfloats, out);
+			r = open_valid(path, key, data_len, out);
 			if (r != OPEN_OK)
 			{
 				if (r == OPEN_INVALID)
@@ -711,9 +744,9 @@ pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, Oid conf
 					unlink(path);
 					unlink(stamp);
 				}
-				room = make_room(model, version, nfloats * (int64) sizeof(float) + CACHE_DATA_OFFSET);
+				room = make_room(key, data_len + CACHE_DATA_OFFSET);
 				if (room)
-					built = build(path, model, cfg, config_table, version, updated_at, nfloats);
+					built = build(path, key, data_len, fill, arg);
 			}
 		}
 		PG_FINALLY();
@@ -727,12 +760,11 @@ pgllm_shared_weights_map(const char *model, const PgllmGPT2Config *cfg, Oid conf
 			return PGLLM_SHARED_NO_ROOM;
 		if (!built)
 			return PGLLM_SHARED_UNAVAILABLE;
-		pgllm_stats.model_loads++;
 	}
 	ereport(WARNING,
-			(errmsg("pg_llm: the shared weight cache file of model \"%s\" was replaced while it was being opened",
-					model),
-			 errdetail("This backend keeps its own copy of the model's weights.")));
+			(errmsg("pg_llm: the shared cache file of the %s of model \"%s\" was replaced while it was being opened",
+					contents_of(key), key->model),
+			 errdetail("This backend keeps its own copy of the %s.", contents_of(key))));
 	return PGLLM_SHARED_UNAVAILABLE;
 }
 
@@ -817,7 +849,7 @@ pg_llm_cache_files(PG_FUNCTION_ARGS)
 		if (fd < 0)
 			continue;
 		ok = fstat(fd, &st) == 0 && header_read(fd, &h) &&
-			header_valid(&h, st.st_size, NULL, InvalidOid, 0, 0, 0) && h.database == MyDatabaseId;
+			header_valid(&h, st.st_size, NULL, -1) && h.database == MyDatabaseId;
 		close(fd);
 		if (!ok)
 			continue;

@@ -1,8 +1,10 @@
 /*
  * tokenizer.c -- GPT-2's byte-level BPE per model: loading vocab.json and
  * merges.txt (from server files or from text a client sends), llm_encode,
- * llm_decode, and a per-backend cache of built tokenizers keyed by
- * (model, tokenizer_version).
+ * llm_decode, and the tokenizers in use, keyed by (model, tokenizer_version).
+ * A tokenizer is built once per server: its tables (an image) go to a
+ * shared cache file that every backend maps (shared_cache.c), and a backend
+ * keeps only its piece cache to itself.
  */
 #include "pg_llm.h"
 
@@ -12,16 +14,22 @@
 #include "mb/pg_wchar.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 typedef struct CachedTokenizer
 {
 	char	   *model;
 	int64		version;
 	PgllmBPE   *bpe;
+	PgllmSharedFile shared;		/* shared.base != NULL: bpe reads its image there */
 	struct CachedTokenizer *next;
 } CachedTokenizer;
 
 static CachedTokenizer *tok_cache = NULL;
+/* superseded or dropped: freed when the transaction ends, since a
+ * set-returning call of this statement may still be using them */
+static CachedTokenizer *tok_retired = NULL;
+static bool tok_callback_registered = false;
 
 #define MAX_TOKENIZER_FILE (256 * 1024 * 1024)
 
@@ -143,19 +151,144 @@ vocab_tokenizer(const char *model, bool read_only)
 	return bpe;
 }
 
+static void
+tokenizer_free(CachedTokenizer *c, bool outdated)
+{
+	pgllm_bpe_free(c->bpe);
+	if (c->shared.base != NULL)
+		pgllm_shared_unmap(&c->shared, outdated);
+	pfree(c->model);
+	pfree(c);
+}
+
+static void
+tokenizer_xact_callback(XactEvent event, void *arg)
+{
+	if (event != XACT_EVENT_ABORT && event != XACT_EVENT_COMMIT &&
+		event != XACT_EVENT_PARALLEL_ABORT && event != XACT_EVENT_PARALLEL_COMMIT)
+		return;
+	while (tok_retired)
+	{
+		CachedTokenizer *c = tok_retired;
+
+		tok_retired = c->next;
+		tokenizer_free(c, true);
+	}
+}
+
+/* the model's tokenizers in use go at the end of the transaction */
+void
+pgllm_tokenizer_forget(const char *model)
+{
+	CachedTokenizer **pp;
+
+	for (pp = &tok_cache; *pp;)
+	{
+		if (strcmp((*pp)->model, model) == 0)
+		{
+			CachedTokenizer *c = *pp;
+
+			*pp = c->next;
+			c->next = tok_retired;
+			tok_retired = c;
+		}
+		else
+			pp = &(*pp)->next;
+	}
+}
+
+/* a new cache file's data: the built tokenizer's image */
+static void
+fill_image(void *dst, int64 data_len, void *arg)
+{
+	if (pgllm_bpe_image_write((const PgllmBPE *) arg, dst, data_len) != PGLLM_OK)
+		elog(ERROR, "pg_llm: a tokenizer image is not the size it was measured at");
+}
+
+/* a tokenizer reading the image in a mapped cache file; NULL (and the
+ * file unmapped) if it holds none, which its checksum makes a bug */
+static PgllmBPE *
+tokenizer_of_file(PgllmSharedFile *file)
+{
+	PgllmBPE   *bpe = NULL;
+	int			rc = pgllm_bpe_from_image(file->data, file->data_len, &bpe);
+
+	if (rc == PGLLM_OK)
+		return bpe;
+	pgllm_shared_unmap(file, false);
+	pgllm_kernel_status(rc == PGLLM_EINVAL ? PGLLM_OK : rc, "bpe_from_image");	/* out of memory */
+	ereport(WARNING,
+			(errmsg("pg_llm: the shared cache file \"%s\" holds no valid tokenizer", file->path),
+			 errdetail("This backend builds its own copy of the tokenizer.")));
+	return NULL;
+}
+
+/*
+ * The model's tokenizer at version: mapped from the server's cache file;
+ * else built from the table and, unless this transaction wrote the version
+ * (it may never commit), written to the cache file for every backend.
+ */
+static PgllmBPE *
+tokenizer_load(const char *model, const PgllmCacheKey *key, bool written_here,
+			   PgllmSharedFile *file)
+{
+	PgllmBPE   *volatile built = NULL;
+	PgllmBPE   *bpe = NULL;
+
+	memset(file, 0, sizeof(*file));
+	file->fd = -1;
+	if (!written_here && pgllm_shared_open(key, file))
+	{
+		bpe = tokenizer_of_file(file);
+		if (bpe != NULL)
+			return bpe;
+	}
+	built = vocab_tokenizer(model, true);
+	if (built == NULL)
+		no_tokenizer(model);
+	if (written_here)
+		return built;
+	PG_TRY();
+	{
+		PgllmSharedResult r = pgllm_shared_map(key, pgllm_bpe_image_size(built), fill_image,
+											   built, file);
+
+		/* no room among files in use: this backend's own copy is small */
+		if (r == PGLLM_SHARED_MAPPED)
+			bpe = tokenizer_of_file(file);
+	}
+	PG_CATCH();
+	{
+		pgllm_bpe_free(built);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (bpe == NULL)
+		return built;
+	pgllm_bpe_free(built);
+	return bpe;
+}
+
 PgllmBPE *
 pgllm_tokenizer_get(const char *model)
 {
 	bool		isnull;
 	Datum		d;
-	int64		version;
-	CachedTokenizer *c,
-			  **pp;
+	PgllmCacheKey key;
+	bool		written_here;
+	CachedTokenizer *c;
+	PgllmSharedFile file;
 	PgllmBPE   *bpe;
 	int			spi = pgllm_spi_begin();
 
+	if (!tok_callback_registered)
+	{
+		RegisterXactCallback(tokenizer_xact_callback, NULL);
+		tok_callback_registered = true;
+	}
 	if (pgllm_spi_exec(psprintf("SELECT tokenizer_version, "
-								"EXISTS (SELECT 1 FROM %s g WHERE g.model OPERATOR(pg_catalog.=) c.model) "
+								"EXISTS (SELECT 1 FROM %s g WHERE g.model OPERATOR(pg_catalog.=) c.model), "
+								"tableoid, xmin, updated_at "
 								"FROM %s c WHERE model OPERATOR(pg_catalog.=) $1",
 								pgllm_table("llm_merges"), pgllm_table("llm_model_config")),
 					   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
@@ -167,35 +300,28 @@ pgllm_tokenizer_get(const char *model)
 	if (isnull ||
 		!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
 		no_tokenizer(model);
-	version = DatumGetInt64(d);
+	key.model = model;
+	key.format = PGLLM_CACHE_TOKENIZER;
+	key.version = DatumGetInt64(d);
+	key.config_table = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 3, &isnull));
+	written_here = TransactionIdIsCurrentTransactionId(
+		DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)));
+	key.updated_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc, 5, &isnull));
 	pgllm_spi_end(spi);
 	for (c = tok_cache; c; c = c->next)
-		if (strcmp(c->model, model) == 0 && c->version == version)
+		if (strcmp(c->model, model) == 0 && c->version == key.version)
 			return c->bpe;
 
-	bpe = vocab_tokenizer(model, true);
-	if (bpe == NULL)
-		no_tokenizer(model);
-
-	/* drop older tokenizers of this model, keep the new one */
-	for (pp = &tok_cache; *pp;)
-	{
-		if (strcmp((*pp)->model, model) == 0)
-		{
-			CachedTokenizer *old = *pp;
-
-			*pp = old->next;
-			pgllm_bpe_free(old->bpe);
-			pfree(old->model);
-			pfree(old);
-		}
-		else
-			pp = &(*pp)->next;
-	}
+	bpe = tokenizer_load(model, &key, written_here, &file);
+	/* older tokenizers of this model are superseded */
+	pgllm_tokenizer_forget(model);
 	c = MemoryContextAllocZero(TopMemoryContext, sizeof(CachedTokenizer));
 	c->model = MemoryContextStrdup(TopMemoryContext, model);
-	c->version = version;
+	c->version = key.version;
 	c->bpe = bpe;
+	c->shared = file;
 	c->next = tok_cache;
 	tok_cache = c;
 	return bpe;
