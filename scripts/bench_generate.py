@@ -12,6 +12,10 @@ On a gpt2-small-shaped model (random weights: speed does not depend on them):
     tokens/s <= read bandwidth / 0.5 GB (the streaming read measured here);
   * first call: a fresh backend, cold cache, `SELECT llm_generate(...)` of one
     token (loads the model and the tokenizer);
+  * time to the first token: llm_generate of 1 token after the 16-token
+    prompt on a warm connection, beside transformers' forward of the prompt;
+  * long prompts: tokens/s of llm_loss over T = 64, 256, 512, 1024 tokens,
+    beside transformers' forward with labels (the loss) on the same T;
   * tokenizer: MB/s of encoding tinyshakespeare, pg_llm (the same code as the
     server, single-threaded) and tiktoken (single-threaded), and llm_encode in
     SQL (including the transfer of the text).
@@ -70,6 +74,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default=os.environ.get("PG_LLM_TEST_DATA", "../shared/data"))
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--lengths", default="64,256,512,1024", help="T of the long-prompt table")
     args = ap.parse_args()
 
     dsn, conn, cluster = open_server(args.dsn, args.pg_config)
@@ -101,6 +106,18 @@ def main():
             conn.execute(gen, (text_prompt, MODEL))
             ours.append(64 / (time.perf_counter() - t))
 
+        one = "SELECT llm_generate(%s, 1, 0, 50, 1.0, %s)"
+        conn.execute(one, (text_prompt, MODEL))
+        ttft = min(_timed(lambda: conn.execute(one, (text_prompt, MODEL)).fetchone()) for _ in range(args.reps))
+        lengths = [int(x) for x in args.lengths.split(",")]
+        rng = np.random.default_rng(0)
+        losses = {}
+        for T in lengths:
+            toks = rng.integers(0, 50257, T + 1).tolist()
+            q = ("SELECT llm_loss(%s, %s, %s)", (MODEL, toks[:-1], toks[1:]))
+            conn.execute(*q)
+            losses[T] = T / min(_timed(lambda: conn.execute(*q).fetchone()) for _ in range(max(2, args.reps // 2)))
+
         bw = K.memory_read_bandwidth()
         ceiling = bw / 0.4978
 
@@ -117,6 +134,13 @@ def main():
                     model.generate(ids, max_new_tokens=64, min_new_tokens=64, do_sample=False,
                                    use_cache=True, pad_token_id=50256)
                     theirs.append(64 / (time.perf_counter() - t))
+                model(ids)
+                ttft_theirs = min(_timed(lambda: model(ids)) for _ in range(args.reps))
+                hf_losses = {}
+                for T in lengths:
+                    x = torch.tensor([rng.integers(0, 50257, T).tolist()])
+                    model(x, labels=x)
+                    hf_losses[T] = T / min(_timed(lambda: model(x, labels=x)) for _ in range(max(2, args.reps // 2)))
         except ImportError:
             theirs = None
 
@@ -129,6 +153,17 @@ def main():
               f"{100 * max(ours) / ceiling:.0f}% of it")
         print(f"first call, fresh backend, cold cache: {min(firsts):.3f} s "
               f"(median {statistics.median(firsts):.3f} s)")
+        line = f"time to the first token, 16-token prompt, warm connection: pg_llm {ttft * 1e3:.1f} ms"
+        if theirs:
+            line += f", transformers forward {ttft_theirs * 1e3:.1f} ms"
+        print(line)
+        print("long prompts: llm_loss tokens/s beside transformers' forward with labels")
+        print("     T    pg_llm  transformers  ratio")
+        for T in lengths:
+            if theirs:
+                print(f"  {T:4d}  {losses[T]:8.0f}  {hf_losses[T]:12.0f}  {losses[T] / hf_losses[T]:5.2f}x")
+            else:
+                print(f"  {T:4d}  {losses[T]:8.0f}")
 
         # tokenizer
         with open(os.path.join(args.data, "tinyshakespeare.txt"), encoding="utf-8") as f:
