@@ -4,11 +4,131 @@
 # head h owning columns [h*hs, (h+1)*hs) of each; att(B,NH,T,T) keeps the
 # softmax probabilities for the backward; out(B,T,C) the heads' contexts.
 #
-# Parallel strategy: forward over (b, t, h) rows (each writes its own att row
-# and output slice); backward over (b, h) pairs, because row t writes dk/dv
-# of every earlier row of the same head: one thread per head keeps those
-# writes private and the summation order fixed.
+# Both directions work in blocks of ATTN_BLOCK queries of one (sequence,
+# head), so that each key and value row read from memory serves up to 32
+# queries (one query at a time, a long sequence was bound by re-reading the
+# whole head once per query): scores as row-invariant tiles, and every
+# weighted sum of rows held in registers (pgllm_axpy_rows), in the order of
+# the rows, as the one-query-at-a-time loops summed them.
+#
+# Parallel strategy: forward over (b, h, query block) units, the longest
+# first (each writes its own att rows and output slices); backward over
+# (b, h) pairs, because query t writes dk/dv of every earlier row of the
+# same head: one thread per head keeps those writes private and the
+# summation order fixed.
 
+# ---------------------------------------------------------------------------
+# Pieces shared with the inference forward's attention (gpt2.pxi)
+# ---------------------------------------------------------------------------
+cdef extern from *:
+    # The weighted sum of value rows, with the output row's floats held in
+    # vector registers across the keys (a plain loop loaded and stored them
+    # once per key).  Each float is o = o + a[t] * v[t] in the order of t,
+    # whichever part of the row it is in.
+    """
+    /* o[0:n] = o[0:n] + sum over t < nt, in order, of a[t] * v[t*ldv + 0:n] */
+    static inline void pgllm_axpy_rows(const float *a, const float *v, int64_t ldv, int64_t nt,
+                                       int64_t n, float *o)
+    {
+        int64_t d = 0, t;
+        for (; d + 32 <= n; d += 32)
+        {
+            pgllm_v8 o0 = pgllm_v8_load(o + d), o1 = pgllm_v8_load(o + d + 8),
+                     o2 = pgllm_v8_load(o + d + 16), o3 = pgllm_v8_load(o + d + 24);
+            for (t = 0; t < nt; t++)
+            {
+                const float *vt = v + t * ldv + d;
+                pgllm_v8 at = {a[t], a[t], a[t], a[t], a[t], a[t], a[t], a[t]};
+                o0 += at * pgllm_v8_load(vt);
+                o1 += at * pgllm_v8_load(vt + 8);
+                o2 += at * pgllm_v8_load(vt + 16);
+                o3 += at * pgllm_v8_load(vt + 24);
+            }
+            pgllm_v8_store(o + d, o0); pgllm_v8_store(o + d + 8, o1);
+            pgllm_v8_store(o + d + 16, o2); pgllm_v8_store(o + d + 24, o3);
+        }
+        for (; d + 8 <= n; d += 8)
+        {
+            pgllm_v8 o0 = pgllm_v8_load(o + d);
+            for (t = 0; t < nt; t++)
+            {
+                pgllm_v8 at = {a[t], a[t], a[t], a[t], a[t], a[t], a[t], a[t]};
+                o0 += at * pgllm_v8_load(v + t * ldv + d);
+            }
+            pgllm_v8_store(o + d, o0);
+        }
+        for (; d < n; d++)
+        {
+            float od = o[d];
+            for (t = 0; t < nt; t++)
+                od += a[t] * v[t * ldv + d];
+            o[d] = od;
+        }
+    }
+    """
+    void pgllm_axpy_rows(const float *a, const float *v, int64_t ldv, int64_t nt, int64_t n,
+                         float *o) nogil
+
+
+cdef enum:
+    ATTN_KEYS = 4       # keys per score tile: the row-invariant tiles' TILE_B
+    ATTN_BLOCK = 32     # queries per block: their scores (32 x 1024 floats) stay in L2
+    ATTN_VBLOCK = 64    # value rows per pass of the weighted sum (16 KB: L1)
+
+
+cdef void _attend_scores(const float *q, int64_t ldq, int64_t nq, int64_t first,
+                         const float *k, int64_t ldk, int64_t hs, float scale, float *scores,
+                         int64_t lds) noexcept nogil:
+    """scores[i * lds + t] = (q_i . k_t) * scale for every key t <= first + i
+    (and up to 3 past it, < first + nq, unused): query i is at position
+    first + i; q rows ldq apart, k rows ldk apart.  The dot is the
+    row-invariant one (_rowinv_tile3 / _rowinv_tile1 give every element the
+    same value), so one query alone while decoding gets bit for bit the
+    scores it gets among a prompt's queries."""
+    cdef int64_t span = first + nq
+    cdef const float *w[ATTN_KEYS]
+    cdef float tile[TILE_A * ATTN_KEYS]
+    cdef int64_t t0, i, j, nk
+    cdef int r
+    t0 = 0
+    while t0 < span:
+        nk = min(<int64_t> ATTN_KEYS, span - t0)
+        for j in range(ATTN_KEYS):
+            w[j] = k + min(t0 + j, span - 1) * ldk
+        i = max(t0 - first, <int64_t> 0)        # the first query that sees key t0
+        while i + TILE_A <= nq:
+            _rowinv_tile3(q + i * ldq, q + (i + 1) * ldq, q + (i + 2) * ldq, w, hs, tile)
+            for r in range(TILE_A):
+                for j in range(nk):
+                    scores[(i + r) * lds + t0 + j] = tile[r * ATTN_KEYS + j] * scale
+            i = i + TILE_A
+        while i < nq:
+            _rowinv_tile1(q + i * ldq, w, hs, tile)
+            for j in range(nk):
+                scores[i * lds + t0 + j] = tile[j] * scale
+            i = i + 1
+        t0 = t0 + ATTN_KEYS
+
+
+cdef void _softmax_weights(float *row, int64_t npos) noexcept nogil:
+    """row[t] = exp(row[t] - max) / sum, t < npos: the attention weights."""
+    cdef float m = <float> -3.4028234663852886e38
+    cdef float s = 0.0, a
+    cdef int64_t t
+    for t in range(npos):
+        m = _fmax(m, row[t])
+    for t in range(npos):
+        a = _exp(row[t] - m)
+        row[t] = a
+        s = s + a
+    s = <float> 1.0 / s
+    for t in range(npos):
+        row[t] = row[t] * s
+
+
+# ---------------------------------------------------------------------------
+# Training: the (B, NH, T, T) probabilities kept for the backward
+# ---------------------------------------------------------------------------
 cdef inline float _keep_scale(uint64_t stream, uint64_t i, float p, float scale) noexcept nogil:
     """Inverted-dropout factor of element i: 0 (dropped) or 1/(1-p)."""
     if p <= 0:
@@ -16,56 +136,73 @@ cdef inline float _keep_scale(uint64_t stream, uint64_t i, float p, float scale)
     return scale if _rand_uniform(stream, i) >= p else <float> 0.0
 
 
+cdef void _attention_fwd_block(const float *qkv, float *att, float *out, int64_t b, int64_t h,
+                               int64_t r0, int64_t nq, int64_t T, int64_t C, int64_t NH,
+                               float p, float dscale, uint64_t stream,
+                               float *dropped) noexcept nogil:
+    """Queries r0 .. r0 + nq - 1 of (b, h): their att rows and outputs.
+    dropped (nq * T): the probabilities after dropout, when p > 0."""
+    cdef int64_t hs = C // NH
+    cdef int64_t C3 = 3 * C
+    cdef int64_t span = r0 + nq
+    cdef int64_t i, t, t2, t0, d, nt, base
+    cdef const float *v = qkv + b * T * C3 + 2 * C + h * hs
+    cdef float *arows = att + ((b * NH + h) * T + r0) * T
+    cdef float *w
+    cdef float *o
+    _attend_scores(qkv + (b * T + r0) * C3 + h * hs, C3, nq, r0, qkv + b * T * C3 + C + h * hs,
+                   C3, hs, <float> 1.0 / sqrtf(<float> hs), arows, T)
+    for i in range(nq):
+        t = r0 + i
+        _softmax_weights(arows + i * T, t + 1)
+        for t2 in range(t + 1, T):
+            arows[i * T + t2] = 0.0
+        if p > 0:
+            base = ((b * NH + h) * T + t) * T
+            for t2 in range(t + 1):
+                dropped[i * T + t2] = arows[i * T + t2] * _keep_scale(stream, base + t2, p, dscale)
+        o = out + (b * T + t) * C + h * hs
+        for d in range(hs):
+            o[d] = 0.0
+    w = dropped if p > 0 else arows
+    t0 = 0
+    while t0 < span:
+        for i in range(max(t0 - r0, <int64_t> 0), nq):
+            nt = min(r0 + i + 1, t0 + ATTN_VBLOCK) - t0
+            pgllm_axpy_rows(w + i * T + t0, v + t0 * C3, C3, nt, hs,
+                            out + (b * T + r0 + i) * C + h * hs)
+        t0 = t0 + ATTN_VBLOCK
+
+
 cdef int _attention_fwd(const float *qkv, float *att, float *out, int64_t B, int64_t T,
                         int64_t C, int64_t NH, float p, uint64_t stream,
                         const int *cancel) noexcept nogil:
     """att keeps the softmax probabilities before dropout; out uses the
     dropped-out ones (mask from (stream, index), recomputed in the backward)."""
-    cdef int64_t hs = C // NH
-    cdef int64_t C3 = 3 * C
-    cdef int64_t nunits = B * T * NH
-    cdef int64_t u, b, t, h, t2, i, base
-    cdef float scale = <float> 1.0 / sqrtf(<float> hs)
+    cdef int64_t nblk = (T + ATTN_BLOCK - 1) // ATTN_BLOCK
+    cdef int64_t nunits = B * NH * nblk
+    cdef int64_t u, blk, r0
     cdef float dscale = <float> 1.0 / (<float> 1.0 - p) if p < 1 else <float> 0.0
-    cdef float m, s, inv, a
-    cdef const float *q
-    cdef const float *k
-    cdef const float *v
-    cdef float *arow
-    cdef float *o
-    for u in prange(nunits, num_threads=_threads_for(nunits * T * hs), schedule='static'):
-        if PGLLM_CANCELLED(cancel):
-            continue
-        b = u // (T * NH)
-        t = (u // NH) % T
-        h = u % NH
-        q = qkv + (b * T + t) * C3 + h * hs
-        arow = att + ((b * NH + h) * T + t) * T
-        m = <float> -3.4028234663852886e38
-        for t2 in range(t + 1):
-            k = qkv + (b * T + t2) * C3 + C + h * hs
-            a = _dot(q, k, hs) * scale
-            arow[t2] = a
-            m = _fmax(m, a)
-        s = 0.0
-        for t2 in range(t + 1):
-            a = _exp(arow[t2] - m)
-            arow[t2] = a
-            s = s + a
-        inv = <float> 1.0 / s
-        for t2 in range(t + 1):
-            arow[t2] = arow[t2] * inv
-        for t2 in range(t + 1, T):
-            arow[t2] = 0.0
-        o = out + (b * T + t) * C + h * hs
-        for i in range(hs):
-            o[i] = 0.0
-        base = ((b * NH + h) * T + t) * T
-        for t2 in range(t + 1):
-            v = qkv + (b * T + t2) * C3 + 2 * C + h * hs
-            a = arow[t2] * _keep_scale(stream, base + t2, p, dscale)
-            for i in range(hs):
-                o[i] = o[i] + a * v[i]
+    cdef float *dropped = NULL
+    cdef int failed = 0
+    cdef int *pfailed = &failed
+    cdef int nt = <int> min(<int64_t> _threads_for(B * NH * T * T * (C // NH)), nunits)
+    with parallel(num_threads=nt):
+        dropped = _alloc_floats(min(T, <int64_t> ATTN_BLOCK) * T) if p > 0 else NULL
+        for u in prange(nunits, schedule='dynamic'):
+            if p > 0 and dropped == NULL:
+                pfailed[0] = 1
+                continue
+            if PGLLM_CANCELLED(cancel):
+                continue
+            blk = nblk - 1 - u // (B * NH)
+            r0 = blk * ATTN_BLOCK
+            _attention_fwd_block(qkv, att, out, (u // NH) % B, u % NH, r0,
+                                 min(T - r0, <int64_t> ATTN_BLOCK), T, C, NH, p, dscale, stream,
+                                 dropped)
+        free(dropped)
+    if failed:
+        return PGLLM_ENOMEM
     return _status(cancel)
 
 
@@ -76,77 +213,89 @@ cdef public int pgllm_attention_core_forward(const float *qkv, float *att, float
 
 
 cdef void _attention_head_backward(const float *qkv, const float *att, const float *dout,
-                                   float *dqkv, float *datt, int64_t b, int64_t h,
+                                   float *dqkv, float *scratch, int64_t b, int64_t h,
                                    int64_t T, int64_t C, int64_t NH, float p,
                                    uint64_t stream) noexcept nogil:
-    """Gradients of one (sequence, head): writes its q/k/v columns of dqkv."""
+    """Gradients of one (sequence, head): writes its q/k/v columns of dqkv.
+    Query blocks in order; in each, dP = dout . v (row-invariant tiles),
+    then the softmax backward row by row (dS over dP, in place), dq_t from
+    its dS row, and for each key row dk and dv from the block's column of
+    dS and of the dropped probabilities.  Every dq, dk and dv row sums its
+    terms in the order of the one-query-at-a-time loop: dq over keys, dk
+    and dv over queries.  scratch: 2 * ATTN_BLOCK * T + ATTN_BLOCK floats."""
     cdef int64_t hs = C // NH
     cdef int64_t C3 = 3 * C
-    cdef int64_t t, t2, i, base
+    cdef int64_t r0, nq, span, i, j, t, t2, i0, base
     cdef float scale = <float> 1.0 / sqrtf(<float> hs)
     cdef float dscale = <float> 1.0 / (<float> 1.0 - p) if p < 1 else <float> 0.0
-    cdef float s, d, keep
+    cdef float s, keep, g
+    cdef float *dP = scratch                        # (nq, span): dP, then dS
+    cdef float *P = scratch + ATTN_BLOCK * T        # (nq, span): probabilities after dropout
+    cdef float *col = P + ATTN_BLOCK * T            # (nq): a column of either
     cdef const float *arow
-    cdef const float *dor
-    cdef const float *q
-    cdef const float *k
-    cdef const float *v
+    cdef const float *q0 = qkv + b * T * C3 + h * hs
+    cdef const float *k0 = q0 + C
+    cdef const float *v0 = q0 + 2 * C
     cdef float *dq
-    cdef float *dk
-    cdef float *dv
     for t in range(T):
         dq = dqkv + (b * T + t) * C3 + h * hs
         for i in range(hs):
             dq[i] = 0.0
             dq[C + i] = 0.0
             dq[2 * C + i] = 0.0
-    for t in range(T):
-        arow = att + ((b * NH + h) * T + t) * T
-        dor = dout + (b * T + t) * C + h * hs
-        base = ((b * NH + h) * T + t) * T
-        # out[t] = sum_t2 drop(att[t,t2]) v[t2]
-        s = 0.0
-        for t2 in range(t + 1):
-            v = qkv + (b * T + t2) * C3 + 2 * C + h * hs
-            dv = dqkv + (b * T + t2) * C3 + 2 * C + h * hs
-            keep = _keep_scale(stream, base + t2, p, dscale)
-            datt[t2] = _dot(dor, v, hs) * keep
-            s = s + arow[t2] * datt[t2]
-            d = arow[t2] * keep
-            for i in range(hs):
-                dv[i] += d * dor[i]
-        # softmax backward, then through the scaled q.k product
-        q = qkv + (b * T + t) * C3 + h * hs
-        dq = dqkv + (b * T + t) * C3 + h * hs
-        for t2 in range(t + 1):
-            d = arow[t2] * (datt[t2] - s) * scale
-            k = qkv + (b * T + t2) * C3 + C + h * hs
-            dk = dqkv + (b * T + t2) * C3 + C + h * hs
-            for i in range(hs):
-                dq[i] += d * k[i]
-                dk[i] += d * q[i]
+    r0 = 0
+    while r0 < T:
+        nq = min(T - r0, <int64_t> ATTN_BLOCK)
+        span = r0 + nq
+        _attend_scores(dout + (b * T + r0) * C + h * hs, C, nq, r0, v0, C3, hs, <float> 1.0,
+                       dP, span)
+        for i in range(nq):
+            t = r0 + i
+            arow = att + ((b * NH + h) * T + t) * T
+            base = ((b * NH + h) * T + t) * T
+            s = 0.0
+            for t2 in range(t + 1):
+                keep = _keep_scale(stream, base + t2, p, dscale)
+                g = dP[i * span + t2] * keep
+                s = s + arow[t2] * g
+                dP[i * span + t2] = g
+                P[i * span + t2] = arow[t2] * keep
+            for t2 in range(t + 1):
+                dP[i * span + t2] = arow[t2] * (dP[i * span + t2] - s) * scale
+            pgllm_axpy_rows(dP + i * span, k0, C3, t + 1, hs, dqkv + (b * T + t) * C3 + h * hs)
+        for t2 in range(span):
+            i0 = max(t2 - r0, <int64_t> 0)             # the first query that sees key t2
+            for j in range(nq - i0):
+                col[j] = P[(i0 + j) * span + t2]
+            pgllm_axpy_rows(col, dout + (b * T + r0 + i0) * C + h * hs, C, nq - i0, hs,
+                            dqkv + (b * T + t2) * C3 + 2 * C + h * hs)
+            for j in range(nq - i0):
+                col[j] = dP[(i0 + j) * span + t2]
+            pgllm_axpy_rows(col, q0 + (r0 + i0) * C3, C3, nq - i0, hs,
+                            dqkv + (b * T + t2) * C3 + C + h * hs)
+        r0 = r0 + nq
 
 
 cdef int _attention_bwd(const float *qkv, const float *att, const float *dout, float *dqkv,
                         int64_t B, int64_t T, int64_t C, int64_t NH, float p, uint64_t stream,
                         const int *cancel) noexcept nogil:
     cdef int64_t u, nunits = B * NH
-    cdef float *datt = NULL
+    cdef float *scratch = NULL
     cdef int nt = _threads_for(B * NH * T * T * (C // NH))
     cdef int failed = 0
     cdef int *pfailed = &failed
     nt = <int> min(<int64_t> nt, nunits)
     with parallel(num_threads=nt):
-        datt = _alloc_floats(T)
+        scratch = _alloc_floats(2 * ATTN_BLOCK * T + ATTN_BLOCK)
         for u in prange(nunits, schedule='static'):
-            if datt == NULL:
+            if scratch == NULL:
                 pfailed[0] = 1
                 continue
             if PGLLM_CANCELLED(cancel):
                 continue
-            _attention_head_backward(qkv, att, dout, dqkv, datt, u // NH, u % NH, T, C, NH,
+            _attention_head_backward(qkv, att, dout, dqkv, scratch, u // NH, u % NH, T, C, NH,
                                      p, stream)
-        free(datt)
+        free(scratch)
     if failed:
         return PGLLM_ENOMEM
     return _status(cancel)

@@ -210,117 +210,12 @@ cdef public int64_t pgllm_gpt2_work_floats(const PgllmGPT2Config *cfg, int64_t B
     return B * Tn * cfg.n_embd * 10
 
 
-cdef extern from *:
-    # The weighted sum of value rows, with the output row's floats held in
-    # vector registers across the keys (a plain loop loaded and stored them
-    # once per key).  Each float is o = o + a[t] * v[t] in the order of t,
-    # whichever part of the row it is in.
-    """
-    /* o[0:n] = o[0:n] + sum over t < nt, in order, of a[t] * v[t*ldv + 0:n] */
-    static inline void pgllm_axpy_rows(const float *a, const float *v, int64_t ldv, int64_t nt,
-                                       int64_t n, float *o)
-    {
-        int64_t d = 0, t;
-        for (; d + 32 <= n; d += 32)
-        {
-            pgllm_v8 o0 = pgllm_v8_load(o + d), o1 = pgllm_v8_load(o + d + 8),
-                     o2 = pgllm_v8_load(o + d + 16), o3 = pgllm_v8_load(o + d + 24);
-            for (t = 0; t < nt; t++)
-            {
-                const float *vt = v + t * ldv + d;
-                pgllm_v8 at = {a[t], a[t], a[t], a[t], a[t], a[t], a[t], a[t]};
-                o0 += at * pgllm_v8_load(vt);
-                o1 += at * pgllm_v8_load(vt + 8);
-                o2 += at * pgllm_v8_load(vt + 16);
-                o3 += at * pgllm_v8_load(vt + 24);
-            }
-            pgllm_v8_store(o + d, o0); pgllm_v8_store(o + d + 8, o1);
-            pgllm_v8_store(o + d + 16, o2); pgllm_v8_store(o + d + 24, o3);
-        }
-        for (; d + 8 <= n; d += 8)
-        {
-            pgllm_v8 o0 = pgllm_v8_load(o + d);
-            for (t = 0; t < nt; t++)
-            {
-                pgllm_v8 at = {a[t], a[t], a[t], a[t], a[t], a[t], a[t], a[t]};
-                o0 += at * pgllm_v8_load(v + t * ldv + d);
-            }
-            pgllm_v8_store(o + d, o0);
-        }
-        for (; d < n; d++)
-        {
-            float od = o[d];
-            for (t = 0; t < nt; t++)
-                od += a[t] * v[t * ldv + d];
-            o[d] = od;
-        }
-    }
-    """
-    void pgllm_axpy_rows(const float *a, const float *v, int64_t ldv, int64_t nt, int64_t n,
-                         float *o) nogil
-
-
-cdef enum:
-    ATTN_KEYS = 4       # keys per score tile: the row-invariant tiles' TILE_B
-    ATTN_BLOCK = 32     # queries per block: their scores (32 x 1024 floats) stay in L2
-    ATTN_VBLOCK = 64    # value rows per pass of the weighted sum (16 KB: L1)
-
-
-cdef void _attend_scores(const float *q, int64_t ldq, int64_t nq, int64_t first,
-                         const float *k, int64_t C, int64_t hs, float *scores,
-                         int64_t lds) noexcept nogil:
-    """scores[i * lds + t] = q_i . k_t / sqrt(hs) for every key t <= first + i
-    (and a few past it, unused), as the row-invariant dot (_rowinv_tile3 /
-    _rowinv_tile1 give every element the same value): one query alone while
-    decoding gets bit for bit the scores it gets among a prompt's queries."""
-    cdef float scale = <float> 1.0 / sqrtf(<float> hs)
-    cdef int64_t span = first + nq
-    cdef const float *w[ATTN_KEYS]
-    cdef float tile[TILE_A * ATTN_KEYS]
-    cdef int64_t t0, i, j, nk
-    cdef int r
-    t0 = 0
-    while t0 < span:
-        nk = min(<int64_t> ATTN_KEYS, span - t0)
-        for j in range(ATTN_KEYS):
-            w[j] = k + min(t0 + j, span - 1) * C
-        i = max(t0 - first, <int64_t> 0)        # the first query that sees key t0
-        while i + TILE_A <= nq:
-            _rowinv_tile3(q + i * ldq, q + (i + 1) * ldq, q + (i + 2) * ldq, w, hs, tile)
-            for r in range(TILE_A):
-                for j in range(nk):
-                    scores[(i + r) * lds + t0 + j] = tile[r * ATTN_KEYS + j] * scale
-            i = i + TILE_A
-        while i < nq:
-            _rowinv_tile1(q + i * ldq, w, hs, tile)
-            for j in range(nk):
-                scores[i * lds + t0 + j] = tile[j] * scale
-            i = i + 1
-        t0 = t0 + ATTN_KEYS
-
-
-cdef void _softmax_weights(float *row, int64_t npos) noexcept nogil:
-    """row[t] = exp(row[t] - max) / sum, t < npos: the attention weights."""
-    cdef float m = <float> -3.4028234663852886e38
-    cdef float s = 0.0, a
-    cdef int64_t t
-    for t in range(npos):
-        m = _fmax(m, row[t])
-    for t in range(npos):
-        a = _exp(row[t] - m)
-        row[t] = a
-        s = s + a
-    s = <float> 1.0 / s
-    for t in range(npos):
-        row[t] = row[t] * s
-
-
 cdef void _attend_cached(const float *q, const float *k, const float *v, int64_t npos,
                          int64_t C, int64_t hs, float *scores, float *out) noexcept nogil:
     """out(hs) = softmax(q . k[t] / sqrt(hs), t < npos) @ v; k, v rows C apart.
     One query (decoding); _attend_block is the same for many."""
     cdef int64_t i
-    _attend_scores(q, 0, 1, npos - 1, k, C, hs, scores, 0)
+    _attend_scores(q, 0, 1, npos - 1, k, C, hs, <float> 1.0 / sqrtf(<float> hs), scores, 0)
     _softmax_weights(scores, npos)
     for i in range(hs):
         out[i] = 0.0
@@ -338,7 +233,7 @@ cdef void _attend_block(const float *q, int64_t nq, int64_t first, const float *
     cdef int64_t span = first + nq
     cdef int64_t t0, i, d, nt
     cdef float *o
-    _attend_scores(q, 3 * C, nq, first, k, C, hs, scores, span)
+    _attend_scores(q, 3 * C, nq, first, k, C, hs, <float> 1.0 / sqrtf(<float> hs), scores, span)
     for i in range(nq):
         _softmax_weights(scores + i * span, first + i + 1)
         o = out + i * C

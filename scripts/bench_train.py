@@ -3,11 +3,14 @@
 
     python scripts/bench_train.py [--pg-config .pg/pg16/bin/pg_config | --dsn DSN]
                                   [--threads 2] [--steps 10] [--shapes a,b]
+                                  [--lengths 64,512,1024]
 
 Two shapes, fp32, AdamW (weight decay 0.1 on 2-D weights, grad clip 1.0),
 dropout 0, the same thread count on both sides:
   (a) 4 layers, 4 heads, 256 embedding, vocab 50257, B=8, T=64
   (b) gpt2-small (12 layers, 12 heads, 768 embedding), B=4, T=64
+each at every T of --lengths, with B scaled to keep B*T tokens per step (at
+least one sequence).
 
 pg_llm is measured in the database: `SELECT llm_train(...)` on random token
 blocks in llm_dataset; tokens/s is the mean of the steps' own figures in
@@ -108,6 +111,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--shapes", default="a,b")
+    ap.add_argument("--lengths", default="64,512,1024", help="block sizes T")
     args = ap.parse_args()
 
     _, conn, cluster = open_server(args.dsn, args.pg_config)
@@ -118,8 +122,8 @@ def main():
             print(f"torch {torch.__version__}, {torch.get_num_threads()} default threads")
         except ImportError:
             torch = None
-        for name in args.shapes.split(","):
-            s = SHAPES[name]
+        for name, T in [(n, int(t)) for n in args.shapes.split(",") for t in args.lengths.split(",")]:
+            s = dict(SHAPES[name], T=T, B=max(1, SHAPES[name]["B"] * SHAPES[name]["T"] // T))
             steps_ours, wall_ours = bench_pg_llm(conn, name, s, args.steps, args.threads)
             desc = (f"({name}) {s['n_layer']}L {s['n_head']}H {s['n_embd']}E V{s['vocab']} "
                     f"B={s['B']} T={s['T']}")

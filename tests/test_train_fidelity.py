@@ -18,6 +18,7 @@ SHAPES = {  # name: (n_layer, n_head, n_embd, n_positions, vocab, B, T)
     "grad_odd": (3, 3, 48, 40, 333, 3, 40),
     "grad_wide": (2, 4, 128, 64, 2000, 4, 64),
     "grad_gpt2vocab": (2, 2, 64, 128, 50257, 2, 128),
+    "grad_long": (2, 2, 64, 512, 500, 1, 512),      # 16 query blocks of the blocked attention
 }
 CONV1D = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
 
