@@ -583,6 +583,8 @@ cdef void _fill_byte_ids(BPEState *s) noexcept nogil:
 # cache and merge scratch to itself.
 # ---------------------------------------------------------------------------
 cdef extern from *:
+    # the number changes with any change to the layout or to the hashing the
+    # tables were built with (_hash_bytes, _mix64): cache files outlive a build
     """
     static const char PGLLM_BPE_IMAGE_MAGIC[16] = "pg_llm bpe 1\\n";
     """

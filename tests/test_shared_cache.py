@@ -406,3 +406,25 @@ def test_a_tokenizer_this_transaction_loaded_is_not_shared(pg_dsn, conn, cluster
     with psycopg.connect(pg_dsn, autocommit=True) as b:
         assert encode(b) == mine
         assert file_of(cluster, b, fmt="tokenizer").endswith(f".{version}.tokenizer")
+
+
+def test_a_tokenizer_file_is_best_effort(pg_dsn, conn, cluster, tok_model):
+    """A tokenizer that does not fit pg_llm.model_cache_mb, or fits only by
+    removing a model's weights file, is this backend's own copy instead."""
+    with psycopg.connect(pg_dsn, autocommit=True) as a:
+        want = encode(a)
+        logits(a)
+    weights = file_of(cluster, conn)
+    tokenizer = file_of(cluster, conn, fmt="tokenizer")
+    os.unlink(tokenizer)
+    for _ in range(500):                 # a's backend ends a moment after its client
+        if not mapped(weights):
+            break
+        time.sleep(0.01)
+    held = sum(os.path.getsize(f) for f in cache_files(cluster) if mapped(f))
+    for mb in (1, int((held + os.path.getsize(weights)) / 2**20) + 2):   # no room; room only without the weights
+        with server_setting(pg_dsn, "pg_llm.model_cache_mb", mb):
+            with psycopg.connect(pg_dsn, autocommit=True) as b:
+                assert encode(b) == want
+            assert os.path.exists(weights), mb
+            assert not cache_files(cluster, "tokenizer"), mb

@@ -204,7 +204,7 @@ pgllm_model_acquire(const char *name)
 		/* a version this transaction wrote may never commit: not shared */
 		if (!written_here)
 		{
-			PgllmCacheKey key = {name, PGLLM_CACHE_FLOAT32, config_table, version, updated_at};
+			PgllmCacheKey key = {name, PGLLM_CACHE_FLOAT32, config_table, version, updated_at, false};
 			WeightsFill fill = {name, &cfg};
 			int64		bytes = nfloats * (int64) sizeof(float);
 

@@ -86,7 +86,7 @@ _PG_init(void)
 							   PGC_USERSET, 0, NULL, NULL, NULL);
 	/* 8 GB: gpt2-xl (5.9 GB) and a smaller model fit, shared by every backend */
 	DefineCustomIntVariable("pg_llm.model_cache_mb",
-							"Server-wide bound of the shared cache of model weights (files in the data directory).",
+							"Server-wide bound of the shared cache of model weights and tokenizers (files in the data directory).",
 							"A backend that cannot use the shared cache keeps a private copy, under the same bound.",
 							&pgllm_model_cache_mb, 8192, 0, INT_MAX / 2,
 							PGC_SIGHUP, GUC_UNIT_MB, NULL, NULL, NULL);

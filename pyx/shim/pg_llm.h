@@ -172,7 +172,11 @@ typedef struct PgllmCacheKey
 	const char *format;			/* PGLLM_CACHE_* */
 	Oid			config_table;	/* llm_model_config's OID */
 	int64		version;		/* version, or tokenizer_version */
-	int64		updated_at;		/* the config row's, read with the version */
+	int64		stamp;			/* what tells a version number handed out again apart:
+								 * the config row's updated_at (weights), the xmin
+								 * of the vocabulary's first row (tokenizer) */
+	bool		best_effort;	/* a small file: no room is NO_ROOM, never an ERROR,
+								 * and only files of its own format make room */
 } PgllmCacheKey;
 
 /* writes the data_len bytes of a new cache file at dst; ERROR on failure */

@@ -71,7 +71,7 @@ typedef struct PgllmCacheHeader
 	int64		version;
 	Oid			config_table;	/* llm_model_config's OID */
 	int32		unused;
-	int64		updated_at;		/* the config row's, with the version */
+	int64		updated_at;		/* the key's stamp (the config row's updated_at for weights) */
 	int64		data_len;		/* bytes */
 	int64		data_offset;
 	uint64		data_checksum;	/* pgllm_checksum64 of the data */
@@ -186,7 +186,7 @@ header_fill(PgllmCacheHeader *h, const PgllmCacheKey *key, int64 data_len)
 	h->name_len = (int32) strlen(key->model);
 	h->version = key->version;
 	h->config_table = key->config_table;
-	h->updated_at = key->updated_at;
+	h->updated_at = key->stamp;
 	h->data_len = data_len;
 	h->data_offset = CACHE_DATA_OFFSET;
 	h->built_at = GetCurrentTimestamp();
@@ -212,7 +212,7 @@ header_valid(const PgllmCacheHeader *h, off_t file_size, const PgllmCacheKey *ke
 		return true;
 	return h->database == MyDatabaseId && h->config_table == key->config_table &&
 		strcmp(h->model, key->model) == 0 && strcmp(h->format, key->format) == 0 &&
-		h->version == key->version && h->updated_at == key->updated_at &&
+		h->version == key->version && h->updated_at == key->stamp &&
 		(data_len < 0 || h->data_len == data_len);
 }
 
@@ -487,18 +487,23 @@ pgllm_shared_no_room(const char *model, int64 data_len)
 /*
  * Under build.lock, before building the file of key (need bytes): other
  * versions of the model's file of that format in this database go, and then
- * the oldest files nobody maps until the new one fits pg_llm.model_cache_mb.
- * False if the files in use leave no room.
+ * the oldest files nobody maps (of the same format only, for a best-effort
+ * key) until the new one fits pg_llm.model_cache_mb.  False if the files in
+ * use leave no room.
  */
 static bool
 make_room(const PgllmCacheKey *key, int64 need)
 {
-	int64		limit = pgllm_model_cache_limit(key->model, need);
+	int64		limit = (int64) pgllm_model_cache_mb * 1024 * 1024;
 	uint64		hash = model_hash(key->model);
 	List	   *files;
 	ListCell   *lc;
 	int64		total = 0;
 
+	if (!key->best_effort)
+		(void) pgllm_model_cache_limit(key->model, need);	/* ERROR if it can never fit */
+	else if (need > limit)
+		return false;
 	remove_dead_builds();
 	files = list_cache_files();
 	foreach(lc, files)
@@ -517,6 +522,8 @@ make_room(const PgllmCacheKey *key, int64 need)
 
 		if (total + need <= limit)
 			break;
+		if (key->best_effort && strcmp(f->format, key->format) != 0)
+			continue;			/* a small file never costs a model's rebuild */
 		if (f->size > 0 && remove_if_unmapped(f->path))
 			total -= f->size;
 	}

@@ -14,7 +14,6 @@
 #include "mb/pg_wchar.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/timestamp.h"
 
 typedef struct CachedTokenizer
 {
@@ -276,9 +275,8 @@ pgllm_tokenizer_get(const char *model)
 	Datum		d;
 	PgllmCacheKey key;
 	bool		written_here;
+	TransactionId xmin;
 	CachedTokenizer *c;
-	PgllmSharedFile file;
-	PgllmBPE   *bpe;
 	int			spi = pgllm_spi_begin();
 
 	if (!tok_callback_registered)
@@ -286,11 +284,17 @@ pgllm_tokenizer_get(const char *model)
 		RegisterXactCallback(tokenizer_xact_callback, NULL);
 		tok_callback_registered = true;
 	}
+	/* the vocabulary's first row: its writer tells a version number handed
+	 * out again apart (a reload writes new rows) and whether this
+	 * transaction wrote the vocabulary */
 	if (pgllm_spi_exec(psprintf("SELECT tokenizer_version, "
 								"EXISTS (SELECT 1 FROM %s g WHERE g.model OPERATOR(pg_catalog.=) c.model), "
-								"tableoid, xmin, updated_at "
+								"tableoid, "
+								"(SELECT v.xmin FROM %s v WHERE v.model OPERATOR(pg_catalog.=) c.model "
+								"AND v.token_id OPERATOR(pg_catalog.=) 0) "
 								"FROM %s c WHERE model OPERATOR(pg_catalog.=) $1",
-								pgllm_table("llm_merges"), pgllm_table("llm_model_config")),
+								pgllm_table("llm_merges"), pgllm_table("llm_vocab"),
+								pgllm_table("llm_model_config")),
 					   1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(model)},
 					   NULL, true, 1, SPI_OK_SELECT) == 0)
 		ereport(ERROR,
@@ -305,26 +309,37 @@ pgllm_tokenizer_get(const char *model)
 	key.version = DatumGetInt64(d);
 	key.config_table = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 													  SPI_tuptable->tupdesc, 3, &isnull));
-	written_here = TransactionIdIsCurrentTransactionId(
-		DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)));
-	key.updated_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-													   SPI_tuptable->tupdesc, 5, &isnull));
+	xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4,
+											   &isnull));
+	key.stamp = isnull ? -1 : (int64) xmin;
+	key.best_effort = true;
+	/* (no vocabulary: vocab_tokenizer says so) */
+	written_here = isnull || TransactionIdIsCurrentTransactionId(xmin);
 	pgllm_spi_end(spi);
 	for (c = tok_cache; c; c = c->next)
 		if (strcmp(c->model, model) == 0 && c->version == key.version)
 			return c->bpe;
 
-	bpe = tokenizer_load(model, &key, written_here, &file);
-	/* older tokenizers of this model are superseded */
-	pgllm_tokenizer_forget(model);
+	/* its entry first: nothing can fail between mapping and keeping it */
 	c = MemoryContextAllocZero(TopMemoryContext, sizeof(CachedTokenizer));
 	c->model = MemoryContextStrdup(TopMemoryContext, model);
 	c->version = key.version;
-	c->bpe = bpe;
-	c->shared = file;
+	PG_TRY();
+	{
+		c->bpe = tokenizer_load(model, &key, written_here, &c->shared);
+	}
+	PG_CATCH();
+	{
+		pfree(c->model);
+		pfree(c);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	/* older tokenizers of this model are superseded */
+	pgllm_tokenizer_forget(model);
 	c->next = tok_cache;
 	tok_cache = c;
-	return bpe;
+	return c->bpe;
 }
 
 int32 *
