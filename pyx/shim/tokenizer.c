@@ -223,9 +223,10 @@ tokenizer_of_file(PgllmSharedFile *file)
 }
 
 /*
- * The model's tokenizer at version: mapped from the server's cache file;
- * else built from the table and, unless this transaction wrote the version
- * (it may never commit), written to the cache file for every backend.
+ * The model's tokenizer at key's version: mapped from the server's cache
+ * file; else built from the table and, unless this transaction wrote the
+ * vocabulary (it may never commit), written to the cache file for every
+ * backend (best effort: without room, this backend keeps what it built).
  */
 static PgllmBPE *
 tokenizer_load(const char *model, const PgllmCacheKey *key, bool written_here,
@@ -252,7 +253,6 @@ tokenizer_load(const char *model, const PgllmCacheKey *key, bool written_here,
 		PgllmSharedResult r = pgllm_shared_map(key, pgllm_bpe_image_size(built), fill_image,
 											   built, file);
 
-		/* no room among files in use: this backend's own copy is small */
 		if (r == PGLLM_SHARED_MAPPED)
 			bpe = tokenizer_of_file(file);
 	}
