@@ -5,9 +5,9 @@
  * backend, so that the page cache holds the one copy.  The format names the
  * contents ("float32" weights, the "tokenizer" image); what goes in a file
  * is the caller's (a fill callback), how files are named, checked, shared,
- * bounded and removed is this file's.  It needs neither shared_preload_libraries nor
- * POSIX shared memory (Docker's /dev/shm is 64 MB).  ARCHITECTURE.md has the
- * decision and its reasons.
+ * bounded and removed is this file's.  It needs neither
+ * shared_preload_libraries nor POSIX shared memory (Docker's /dev/shm is
+ * 64 MB).  ARCHITECTURE.md has the decision and its reasons.
  *
  * The table stays the truth; a file is only ever a copy of it:
  *  - a file is written under a temporary name, checksummed, fsynced (when
@@ -16,10 +16,9 @@
  *    a temporary file found by a builder is a dead builder's and removed);
  *  - its header names the server (system identifier), the database, the
  *    llm_model_config table's OID (new at each CREATE EXTENSION, whose
- *    version sequence starts again), the model, the version with the config
- *    row's updated_at (a restore's setval can hand a number out again, never
- *    with the same time), and the size,
- *    and has its own CRC; a mismatch of any of them, or a data checksum that
+ *    version sequence starts again), the model, the format, the version
+ *    with the key's stamp (a restore's setval can hand a number out again,
+ *    never with the same stamp), and the size, and has its own CRC; a mismatch of any of them, or a data checksum that
  *    fails, makes it rebuilt; a version written by the calling transaction
  *    itself is never cached (it may never commit, and its number may come
  *    again after a crash);
@@ -71,7 +70,7 @@ typedef struct PgllmCacheHeader
 	int64		version;
 	Oid			config_table;	/* llm_model_config's OID */
 	int32		unused;
-	int64		updated_at;		/* the key's stamp (the config row's updated_at for weights) */
+	int64		stamp;			/* the key's: PgllmCacheKey.stamp */
 	int64		data_len;		/* bytes */
 	int64		data_offset;
 	uint64		data_checksum;	/* pgllm_checksum64 of the data */
@@ -186,7 +185,7 @@ header_fill(PgllmCacheHeader *h, const PgllmCacheKey *key, int64 data_len)
 	h->name_len = (int32) strlen(key->model);
 	h->version = key->version;
 	h->config_table = key->config_table;
-	h->updated_at = key->stamp;
+	h->stamp = key->stamp;
 	h->data_len = data_len;
 	h->data_offset = CACHE_DATA_OFFSET;
 	h->built_at = GetCurrentTimestamp();
@@ -212,7 +211,7 @@ header_valid(const PgllmCacheHeader *h, off_t file_size, const PgllmCacheKey *ke
 		return true;
 	return h->database == MyDatabaseId && h->config_table == key->config_table &&
 		strcmp(h->model, key->model) == 0 && strcmp(h->format, key->format) == 0 &&
-		h->version == key->version && h->updated_at == key->stamp &&
+		h->version == key->version && h->stamp == key->stamp &&
 		(data_len < 0 || h->data_len == data_len);
 }
 
