@@ -126,6 +126,26 @@ cdef void _softmax_weights(float *row, int64_t npos) noexcept nogil:
         row[t] = row[t] * s
 
 
+cdef void _attend_values(const float *w, int64_t ldw, int64_t nq, int64_t first,
+                         const float *v, int64_t ldv, int64_t hs, float *out,
+                         int64_t ldo) noexcept nogil:
+    """out_i = sum over keys t <= first + i, in order, of w[i * ldw + t] * v_t
+    for the nq queries of a block (query i at position first + i; v rows ldv
+    apart, out rows ldo apart): value rows in blocks of ATTN_VBLOCK, each
+    serving every query that sees it."""
+    cdef int64_t t0, i, d, nt
+    cdef float *o
+    for i in range(nq):
+        o = out + i * ldo
+        for d in range(hs):
+            o[d] = 0.0
+    t0 = 0
+    while t0 < first + nq:
+        for i in range(max(t0 - first, <int64_t> 0), nq):
+            nt = min(first + i + 1, t0 + ATTN_VBLOCK) - t0
+            pgllm_axpy_rows(w + i * ldw + t0, v + t0 * ldv, ldv, nt, hs, out + i * ldo)
+        t0 = t0 + ATTN_VBLOCK
+
 # ---------------------------------------------------------------------------
 # Training: the (B, NH, T, T) probabilities kept for the backward
 # ---------------------------------------------------------------------------
@@ -144,12 +164,8 @@ cdef void _attention_fwd_block(const float *qkv, float *att, float *out, int64_t
     dropped (nq * T): the probabilities after dropout, when p > 0."""
     cdef int64_t hs = C // NH
     cdef int64_t C3 = 3 * C
-    cdef int64_t span = r0 + nq
-    cdef int64_t i, t, t2, t0, d, nt, base
-    cdef const float *v = qkv + b * T * C3 + 2 * C + h * hs
+    cdef int64_t i, t, t2, base
     cdef float *arows = att + ((b * NH + h) * T + r0) * T
-    cdef float *w
-    cdef float *o
     _attend_scores(qkv + (b * T + r0) * C3 + h * hs, C3, nq, r0, qkv + b * T * C3 + C + h * hs,
                    C3, hs, <float> 1.0 / sqrtf(<float> hs), arows, T)
     for i in range(nq):
@@ -161,17 +177,8 @@ cdef void _attention_fwd_block(const float *qkv, float *att, float *out, int64_t
             base = ((b * NH + h) * T + t) * T
             for t2 in range(t + 1):
                 dropped[i * T + t2] = arows[i * T + t2] * _keep_scale(stream, base + t2, p, dscale)
-        o = out + (b * T + t) * C + h * hs
-        for d in range(hs):
-            o[d] = 0.0
-    w = dropped if p > 0 else arows
-    t0 = 0
-    while t0 < span:
-        for i in range(max(t0 - r0, <int64_t> 0), nq):
-            nt = min(r0 + i + 1, t0 + ATTN_VBLOCK) - t0
-            pgllm_axpy_rows(w + i * T + t0, v + t0 * C3, C3, nt, hs,
-                            out + (b * T + r0 + i) * C + h * hs)
-        t0 = t0 + ATTN_VBLOCK
+    _attend_values(dropped if p > 0 else arows, T, nq, r0, qkv + b * T * C3 + 2 * C + h * hs, C3,
+                   hs, out + (b * T + r0) * C + h * hs, C)
 
 
 cdef int _attention_fwd(const float *qkv, float *att, float *out, int64_t B, int64_t T,

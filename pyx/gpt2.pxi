@@ -214,12 +214,9 @@ cdef void _attend_cached(const float *q, const float *k, const float *v, int64_t
                          int64_t C, int64_t hs, float *scores, float *out) noexcept nogil:
     """out(hs) = softmax(q . k[t] / sqrt(hs), t < npos) @ v; k, v rows C apart.
     One query (decoding); _attend_block is the same for many."""
-    cdef int64_t i
     _attend_scores(q, 0, 1, npos - 1, k, C, hs, <float> 1.0 / sqrtf(<float> hs), scores, 0)
     _softmax_weights(scores, npos)
-    for i in range(hs):
-        out[i] = 0.0
-    pgllm_axpy_rows(scores, v, C, npos, hs, out)
+    _attend_values(scores, 0, 1, npos - 1, v, C, hs, out, 0)
 
 
 cdef void _attend_block(const float *q, int64_t nq, int64_t first, const float *k,
@@ -231,20 +228,11 @@ cdef void _attend_block(const float *q, int64_t nq, int64_t first, const float *
     each tile of keys and block of value rows, read once from the cache,
     serves every query that sees it.  scores: nq * (first + nq)."""
     cdef int64_t span = first + nq
-    cdef int64_t t0, i, d, nt
-    cdef float *o
+    cdef int64_t i
     _attend_scores(q, 3 * C, nq, first, k, C, hs, <float> 1.0 / sqrtf(<float> hs), scores, span)
     for i in range(nq):
         _softmax_weights(scores + i * span, first + i + 1)
-        o = out + i * C
-        for d in range(hs):
-            o[d] = 0.0
-    t0 = 0
-    while t0 < span:
-        for i in range(max(t0 - first, <int64_t> 0), nq):
-            nt = min(first + i + 1, t0 + ATTN_VBLOCK) - t0
-            pgllm_axpy_rows(scores + i * span + t0, v + t0 * C, C, nt, hs, out + i * C)
-        t0 = t0 + ATTN_VBLOCK
+    _attend_values(scores, span, nq, first, v, C, hs, out, C)
 
 
 cdef inline int _linear(int rowinv, int64_t rows, int64_t N, int64_t K, const float *x,
